@@ -1,0 +1,3 @@
+"""`crds-fs mount` subcommand(s) (placeholder, filled in by its issue)."""
+
+from __future__ import annotations

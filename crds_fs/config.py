@@ -1,0 +1,99 @@
+"""Settings, read once from the environment with crds' own variable names.
+
+crds users already export CRDS_SERVER_URL / CRDS_CONTEXT / CRDS_OBSERVATORY; honouring the
+same names means a mount behaves like the crds tools a user already knows.  Everything that
+is ours (cache location, timeouts) has a CRDS_FS_ prefix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import ConfigError
+
+OBSERVATORIES = ("hst", "jwst", "roman")
+DEFAULT_SERVERS = {
+    "hst": "https://hst-crds.stsci.edu",
+    "jwst": "https://jwst-crds.stsci.edu",
+    "roman": "https://roman-crds.stsci.edu",
+}
+
+
+def default_cache_dir() -> Path:
+    """Per-user cache directory (XDG), where downloaded files and the index live."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "crds-fs"
+
+
+def guess_observatory(server_url: str) -> str | None:
+    """The observatory named in a server URL, as crds guesses it (None if none is named)."""
+    for obs in (*OBSERVATORIES, "tobs"):
+        if obs in server_url:
+            return obs
+    return None
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not a number") from None
+
+
+def _env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "t", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the layers need to know about where and how to talk and store."""
+
+    server_url: str = DEFAULT_SERVERS["hst"]
+    observatory: str | None = None
+    context: str | None = None
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 0.5
+    allow_bad_references: bool = False
+    allow_bad_rules: bool = False
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Settings from the environment, then explicit (non-None) overrides on top."""
+        server = os.environ.get("CRDS_SERVER_URL", "").rstrip("/") or None
+        obs = os.environ.get("CRDS_OBSERVATORY") or None
+        if server is None:
+            server = DEFAULT_SERVERS.get(obs or "hst", DEFAULT_SERVERS["hst"])
+        cache = os.environ.get("CRDS_FS_CACHE")
+        settings = cls(
+            server_url=server,
+            observatory=obs.lower() if obs else None,
+            context=os.environ.get("CRDS_CONTEXT") or None,
+            cache_dir=Path(cache) if cache else default_cache_dir(),
+            connect_timeout=_env_float("CRDS_FS_CONNECT_TIMEOUT", 5.0),
+            read_timeout=_env_float("CRDS_FS_READ_TIMEOUT", 30.0),
+            retries=int(_env_float("CRDS_FS_RETRIES", 3)),
+            allow_bad_references=_env_bool("CRDS_ALLOW_BAD_REFERENCES"),
+            allow_bad_rules=_env_bool("CRDS_ALLOW_BAD_RULES"),
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        if "server_url" in clean:
+            clean["server_url"] = str(clean["server_url"]).rstrip("/")
+        if "cache_dir" in clean:
+            clean["cache_dir"] = Path(clean["cache_dir"])  # type: ignore[arg-type]
+        return replace(settings, **clean)  # type: ignore[arg-type]
+
+    @property
+    def effective_observatory(self) -> str | None:
+        """Observatory given explicitly, else guessed from the server URL like crds does."""
+        return self.observatory or guess_observatory(self.server_url)

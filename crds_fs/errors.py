@@ -1,0 +1,108 @@
+"""Exception hierarchy shared by every layer.
+
+Each error carries enough context (file, server, what to do) to be shown to a user as is.
+The FUSE glue maps these to errno values; the CLI prints them; the server turns them into
+JSON-RPC error envelopes.  Keeping one hierarchy lets the layers stay decoupled while still
+agreeing on what a failure means.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class CrdsFsError(Exception):
+    """Base class of every error crds-fs raises on purpose."""
+
+    #: errno a filesystem call reports for this failure.
+    errno: int = errno.EIO
+
+
+class ConfigError(CrdsFsError):
+    """Bad settings or arguments (unknown observatory, unusable cache dir, ...)."""
+
+    errno = errno.EINVAL
+
+
+# --- protocol client ---------------------------------------------------------------------
+
+
+class ServiceError(CrdsFsError):
+    """The CRDS server answered a JSON-RPC call with an error envelope."""
+
+
+class ServerUnreachableError(CrdsFsError):
+    """The CRDS server could not be reached (connection refused, timeout, 5xx after retries)."""
+
+
+class ProtocolError(CrdsFsError):
+    """The server answered something that is not valid CRDS JSON-RPC."""
+
+
+# --- cache / fetcher ---------------------------------------------------------------------
+
+
+class UnknownFileError(CrdsFsError):
+    """A file name that is not in the server catalog."""
+
+    errno = errno.ENOENT
+
+
+class DownloadError(CrdsFsError):
+    """A download failed: transport error, truncated body, wrong size or sha1."""
+
+
+class VerificationError(DownloadError):
+    """Downloaded bytes do not match the catalog's size or sha1; nothing was kept."""
+
+
+class OfflineError(CrdsFsError):
+    """A file is needed that is not cached and the server is not reachable."""
+
+
+# --- mapping engine ----------------------------------------------------------------------
+
+
+class MappingError(CrdsFsError):
+    """A mapping file cannot be used (syntax, forbidden construct, missing child, ...)."""
+
+
+class MappingFormatError(MappingError):
+    """The mapping text is not in the CRDS mapping language (names file and line)."""
+
+
+class ChecksumError(MappingError):
+    """A mapping's header sha1sum is missing or does not match its text."""
+
+
+class MissingMappingError(MappingError):
+    """A mapping named by a context is not available from the mapping source."""
+
+    errno = errno.ENOENT
+
+
+class LookupFailure(CrdsFsError):
+    """A best-reference question has no answer for the whole header."""
+
+
+class UnknownInstrumentError(LookupFailure):
+    """The header names an instrument the context does not know (crds: CrdsUnknownInstrumentError)."""
+
+
+class MissingInstrumentError(LookupFailure):
+    """The header has no instrument keyword at all."""
+
+
+class BadReferenceError(LookupFailure):
+    """A recommended reference is on the server's bad_files_list (crds: CrdsBadReferenceError)."""
+
+
+class BadRulesError(LookupFailure):
+    """The context contains a mapping on the bad_files_list (crds: CrdsBadRulesError)."""
+
+
+# --- datasets ----------------------------------------------------------------------------
+
+
+class DatasetError(CrdsFsError):
+    """A dataset file or ID cannot be read or lacks the keywords needed."""
