@@ -66,6 +66,8 @@ class Settings:
     backoff: float = 0.5
     allow_bad_references: bool = False
     allow_bad_rules: bool = False
+    #: upper bound of cached reference bytes (LRU eviction); 0 = unlimited
+    cache_max_bytes: int = 0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -85,6 +87,7 @@ class Settings:
             retries=int(_env_float("CRDS_FS_RETRIES", 3)),
             allow_bad_references=_env_bool("CRDS_ALLOW_BAD_REFERENCES"),
             allow_bad_rules=_env_bool("CRDS_ALLOW_BAD_RULES"),
+            cache_max_bytes=int(_env_float("CRDS_FS_CACHE_MAX_BYTES", 0)),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "server_url" in clean:

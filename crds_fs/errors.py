@@ -106,3 +106,67 @@ class BadRulesError(LookupFailure):
 
 class DatasetError(CrdsFsError):
     """A dataset file or ID cannot be read or lacks the keywords needed."""
+
+
+# --- namespace / mount -------------------------------------------------------------------
+
+
+class NamespaceError(CrdsFsError):
+    """A path operation on the mounted tree that cannot succeed (maps to its errno)."""
+
+
+class NoSuchPathError(NamespaceError):
+    """The path does not exist in the mounted tree (not in the catalog, unknown directory)."""
+
+    errno = errno.ENOENT
+
+
+class ReadOnlyError(NamespaceError):
+    """The mounted tree is read-only: CRDS files are immutable and never written locally."""
+
+    errno = errno.EROFS
+
+
+class NotADirError(NamespaceError):
+    """A directory operation on a file."""
+
+    errno = errno.ENOTDIR
+
+
+class IsADirError(NamespaceError):
+    """A file operation (open for reading) on a directory."""
+
+    errno = errno.EISDIR
+
+
+class NoSuchAttributeError(NamespaceError):
+    """The extended attribute does not exist on this path."""
+
+    errno = errno.ENODATA
+
+
+class NotASymlinkError(NamespaceError):
+    """readlink on something that is not a symbolic link."""
+
+    errno = errno.EINVAL
+
+
+class UnsupportedAttributeError(NamespaceError):
+    """An extended-attribute namespace the mount does not implement (security.*, system.*).
+
+    ENOTSUP (not ENODATA) lets tools such as `ls -l` remember per device that the namespace
+    is unsupported instead of asking again for every file.
+    """
+
+    errno = errno.EOPNOTSUPP
+
+
+class MountError(CrdsFsError):
+    """Mounting or unmounting failed (mount point unusable, daemon died, busy, ...)."""
+
+
+# --- demo --------------------------------------------------------------------------------
+
+
+class DemoError(CrdsFsError):
+    """`crds-fs demo` could not start (or cleanly stop) its server or mount."""

@@ -1,3 +1,196 @@
-"""`crds-fs demo` subcommand(s) (placeholder, filled in by its issue)."""
+"""`crds-fs demo-data` (write the demo observatory) and `crds-fs demo` (serve + mount it).
+
+Generation lives in `crds_fs.demo.generate`, process orchestration in
+`crds_fs.demo.session`; this module only parses options, prints and waits.
+"""
 
 from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from ..errors import DemoError
+from . import cli
+
+#: the dataset used in the printed examples
+EXAMPLE_DATASET = "j9demo01q_raw.fits"
+API_TIMEOUT = 120.0
+
+
+def _size(num: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num < 1024 or unit == "GB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024  # type: ignore[assignment]
+    return str(num)
+
+
+def _summary(info) -> str:  # noqa: ANN001 - DemoInfo, imported lazily
+    lines = [f"Demo observatory '{info.observatory}' in {info.root}",
+             f"  contexts: {', '.join(info.contexts)} (operational: {info.context})",
+             f"  bad files: {', '.join(info.bad_files)} (selected by no dataset below)"]
+    for title, folder, names in (("mappings", info.mapping_dir, info.mappings),
+                                 ("references", info.reference_dir, info.references)):
+        total = sum((folder / n).stat().st_size for n in names)
+        lines.append(f"  {folder}: {len(names)} {title}, {_size(total)}")
+    lines.append(f"  {info.dataset_dir}: {len(info.datasets)} datasets; best references "
+                 f"under {info.context}:")
+    for path in info.datasets:
+        answers = info.expected_for(path)
+        lines.append(f"    {path.name}")
+        lines.extend(f"      {reftype:9s} {answer}" for reftype, answer in sorted(answers.items()))
+    return "\n".join(lines)
+
+
+@cli.command("demo-data")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--large-mb", default=24, show_default=True, type=click.IntRange(1, 4096),
+              help="Size of the biggest reference file in MB (one more is half of it).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the synthetic data (same seed, same bytes).")
+def demo_data(directory: Path, large_mb: int, seed: int) -> None:
+    """Write a small HST-like observatory (CRDS cache layout) into DIRECTORY.
+
+    DIRECTORY gets mappings/hst/, references/hst/ (real FITS files), config/hst/ and
+    datasets/ (raw exposures), plus demo-info.json listing the intended best references.
+    Serve it with `crds-fs serve DIRECTORY`, or point crds at it with CRDS_PATH=DIRECTORY.
+    """
+    from ..demo.generate import generate
+
+    started = time.monotonic()
+    info = generate(directory, large_mb=large_mb, seed=seed)
+    click.echo(_summary(info))
+    click.echo(f"Written in {time.monotonic() - started:.1f}s.")
+
+
+class _Stop(Exception):
+    """Raised from the signal handler to leave the wait loop."""
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _crds_env(mountpoint: Path) -> str:
+    return (f"CRDS_PATH={shlex.quote(str(mountpoint))} CRDS_READONLY_CACHE=1 CRDS_MODE=local "
+            "CRDS_SERVER_URL=https://hst-serverless.stsci.edu CRDS_OBSERVATORY=hst")
+
+
+def _instructions(info, session, mountpoint: Path | None) -> str:  # noqa: ANN001
+    dataset = info.dataset_dir / EXAMPLE_DATASET
+    q = shlex.quote
+    lines = ["", f"Server:  {session.url}/  (log: {session.server_log})"]
+    if mountpoint is None:
+        lines += [
+            "Mount:   not available yet (`crds-fs mount` is missing); serving only.",
+            "",
+            "Try:",
+            f"  curl -s {session.url}/json/ -d "
+            "'{\"jsonrpc\":\"1.0\",\"method\":\"get_server_info\",\"params\":[],\"id\":1}'",
+            f"  curl -s {session.url}/unchecked_get/mappings/hst/{info.context}",
+        ]
+    else:
+        big = mountpoint / "references" / "hst" / "hst_acs_pfltfile_9201.fits"
+        lines += [
+            f"Mounted: {mountpoint}  (cache: {session.cache_dir}, log: {session.mount_log})",
+            "",
+            "Try:",
+            f"  ls {q(str(mountpoint))}",
+            f"  ls -l {q(str(mountpoint / 'references' / 'hst'))}",
+            f"  cat {q(str(mountpoint / 'mappings' / 'hst' / info.context))}",
+            f"  sha1sum {q(str(big))}      # fetched on first read, then cached",
+            f"  python -c \"from astropy.io import fits; fits.info('{big}')\"",
+            "  # unmodified crds, reading the mount as its cache:",
+            f"  {_crds_env(mountpoint)} \\",
+            "    python -c \"import crds; from crds import data_file; print(crds.getreferences("
+            f"data_file.get_header('{dataset}'), observatory='hst'))\"",
+        ]
+    lines += ["", f"Intended best references of {dataset.name} under {info.context}:"]
+    lines += [f"  {k:9s} {v}" for k, v in sorted(info.expected_for(dataset).items())]
+    return "\n".join(lines)
+
+
+def _api_example(info, session) -> str:  # noqa: ANN001
+    """Run the Python API example in a child (the API may be missing or slow); its output."""
+    dataset = info.dataset_dir / EXAMPLE_DATASET
+    call = f"crds_fs.api.cache_best_references_for_dataset({info.context!r}, {str(dataset)!r})"
+    env = {**os.environ, "CRDS_SERVER_URL": session.url, "CRDS_OBSERVATORY": info.observatory,
+           "CRDS_FS_CACHE": str(session.workdir / "api-cache")}
+    code = f"import crds_fs.api, pprint; pprint.pprint({call})"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=API_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return f"\nPython API: {call} did not finish within {API_TIMEOUT:.0f}s (skipped)."
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"\nPython API example skipped ({last})."
+    return f"\nPython API:\n  >>> import crds_fs.api\n  >>> {call}\n{done.stdout.rstrip()}"
+
+
+@cli.command("demo")
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--port", default=0, type=click.IntRange(0, 65535),
+              help="Port of the demo server on 127.0.0.1 [default: a free one].")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Write (and keep) the demo data here [default: a temporary "
+                                 "folder removed on exit].")
+@click.option("--large-mb", default=24, show_default=True, type=click.IntRange(1, 4096),
+              help="Size of the biggest reference file in MB.")
+def demo(mountpoint: Path, port: int, data_dir: Path | None, large_mb: int) -> None:
+    """Generate demo data, serve it on 127.0.0.1 and mount it at MOUNTPOINT.
+
+    Runs until Ctrl-C (or SIGTERM), then unmounts, stops the server and removes its
+    temporary files (the data too, unless --data was given).
+    """
+    from ..demo.generate import generate
+    from ..demo.session import DemoSession
+
+    workdir = Path(tempfile.mkdtemp(prefix="crds-fs-demo-"))
+    session = DemoSession(data_dir or workdir / "data", port=port or None, workdir=workdir,
+                          remove_workdir=True)
+    session.umount_command = "umount" in cli.commands
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    failure = None
+    try:
+        info = generate(session.root, large_mb=large_mb, seed=0)
+        click.echo(_summary(info))
+        click.echo(f"Work folder: {workdir} (removed on exit)")
+        session.start_server()
+        mounted = None
+        if "mount" in cli.commands:
+            session.mount(mountpoint)
+            mounted = session.mountpoint
+        click.echo(_instructions(info, session, mounted))
+        click.echo(_api_example(info, session))
+        click.echo("\ncrds-fs demo: ready. Press Ctrl-C to unmount and stop.")
+        while (failure := session.problem()) is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        click.echo("\ncrds-fs demo: stopping (SIGINT)", err=True)
+    except _Stop as why:
+        click.echo(f"\ncrds-fs demo: stopping ({why})", err=True)
+    finally:
+        # No second signal may interrupt the clean-up: it is bounded by timeouts.
+        for signum in (signal.SIGINT, *previous):
+            signal.signal(signum, signal.SIG_IGN)
+        problems = session.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for problem in problems:
+            click.echo(f"crds-fs demo: {problem}", err=True)
+        if not problems:
+            click.echo("crds-fs demo: unmounted, server stopped, temporary files removed.",
+                       err=True)
+    if failure:
+        raise DemoError(f"demo stopped because {failure}")

@@ -1,3 +1,426 @@
-"""`crds-fs mount` subcommand(s) (placeholder, filled in by its issue)."""
+"""`crds-fs mount` and `crds-fs umount`.
+
+`mount` without --foreground starts a detached copy of itself in foreground mode (its own
+session, output to the log file) and waits until the mount answers (`.crds-fs/stats` is
+readable) or the child reports why it could not mount; the exit status says which.  The
+child tells the parent over a pipe (`--status-fd`), so errors reach the terminal even
+though the daemon's own output goes to the log.
+
+`umount` asks the daemon's pid from `.crds-fs/stats`, runs `fusermount3 -u` (falling back
+to a lazy unmount when busy) and waits for the daemon to exit.
+"""
 
 from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import OBSERVATORIES, Settings
+from ..errors import CrdsFsError, MountError
+from . import cli
+
+log = logging.getLogger("crds_fs.mount")
+
+#: how long `mount` waits for the daemon to be ready by default (catalog download included)
+READY_TIMEOUT = 120.0
+#: how long `umount` waits for the daemon to exit after the unmount
+EXIT_TIMEOUT = 30.0
+STATS = (".crds-fs", "stats")
+LOG_FORMAT = "%(asctime)s crds-fs[%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+# --- mount ----------------------------------------------------------------------------------
+
+
+@cli.command("mount")
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--server", "server_url", default=None, metavar="URL",
+              help="CRDS server (real or `crds-fs serve`) [default: $CRDS_SERVER_URL].")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Cache folder [default: $CRDS_FS_CACHE or ~/.cache/crds-fs].")
+@click.option("--context", default=None, metavar="NAME|operational",
+              help="Context presented to crds as operational [default: $CRDS_CONTEXT, "
+                   "else the server's operational context].")
+@click.option("--observatory", type=click.Choice(OBSERVATORIES), default=None,
+              help="Observatory [default: $CRDS_OBSERVATORY, else guessed from the server].")
+@click.option("--foreground", "-f", is_flag=True,
+              help="Stay in the foreground (logs to stderr); Ctrl-C unmounts.")
+@click.option("--offline", is_flag=True,
+              help="Do not contact the server: catalog and context from the cache index, "
+                   "only cached files readable.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Daemon log [default: <cache>/logs/mount.log]; in --foreground, a copy.")
+@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds a stalled download may wait for data [default: "
+                   "$CRDS_FS_READ_TIMEOUT or 30].")
+@click.option("--retries", type=click.IntRange(min=0), default=None,
+              help="Extra attempts after a failed request [default: $CRDS_FS_RETRIES or 3].")
+@click.option("--ready-timeout", type=click.FloatRange(min=1), default=READY_TIMEOUT,
+              show_default=True, help="Seconds to wait for the daemon to be ready.")
+@click.option("-o", "fuse_opts", multiple=True, metavar="OPT[=VAL]",
+              help="Extra libfuse option, e.g. -o allow_other (repeatable).")
+@click.option("--status-fd", type=int, default=None, hidden=True)
+@click.pass_context
+def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
+                  cache_dir: Path | None, context: str | None, observatory: str | None,
+                  foreground: bool, offline: bool, log_file: Path | None,
+                  read_timeout: float | None, retries: int | None, ready_timeout: float,
+                  fuse_opts: tuple[str, ...], status_fd: int | None) -> None:
+    """Mount CRDS at MOUNTPOINT: mappings/, references/, config/ as a CRDS cache.
+
+    Files are listed from the server catalog and downloaded (verified) on first open;
+    point CRDS_PATH at MOUNTPOINT with CRDS_READONLY_CACHE=1 to use it from crds.
+    """
+    settings = Settings.from_env(server_url=server_url, cache_dir=cache_dir,
+                                 observatory=observatory, context=context,
+                                 read_timeout=read_timeout, retries=retries)
+    mountpoint = Path(os.path.abspath(mountpoint))
+    if foreground or status_fd is not None:
+        run_foreground(settings, mountpoint, offline=offline, log_file=log_file,
+                       fuse_opts=fuse_opts, status_fd=status_fd,
+                       verbose=ctx.find_root().params.get("verbose", 0))
+        return
+    check_mountpoint(mountpoint)
+    log_path = log_file or Path(settings.cache_dir) / "logs" / "mount.log"
+    args = _child_args(ctx, mountpoint, log_path)
+    info = start_daemon(args, mountpoint, log_path, ready_timeout)
+    mount = info.get("mount", {})
+    state = "online" if mount.get("online") else "OFFLINE (cached files only)"
+    click.echo(f"crds-fs: mounted {mount.get('observatory')} {mount.get('context')} from "
+               f"{mount.get('server')} at {mountpoint}, {state}; pid {mount.get('pid')}, "
+               f"log {log_path}")
+
+
+def _child_args(ctx: click.Context, mountpoint: Path, log_path: Path) -> list[str]:
+    """The command line of the daemon: this one, in foreground mode, reporting on a pipe."""
+    params = ctx.params
+    args = ["mount", str(mountpoint), "--foreground"]
+    for option, key in (("--server", "server_url"), ("--cache", "cache_dir"),
+                        ("--context", "context"), ("--observatory", "observatory"),
+                        ("--read-timeout", "read_timeout"), ("--retries", "retries")):
+        if params.get(key) is not None:
+            value = params[key]
+            args += [option, str(Path(value).resolve()) if key == "cache_dir" else str(value)]
+    if params.get("offline"):
+        args.append("--offline")
+    for opt in params.get("fuse_opts") or ():
+        args += ["-o", opt]
+    verbose = ctx.find_root().params.get("verbose", 0)
+    return ["-v"] * verbose + args
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """Fail early, with advice, on mount points libfuse would refuse less clearly."""
+    try:
+        st = mountpoint.stat()
+    except FileNotFoundError:
+        raise MountError(f"mount point {mountpoint} does not exist; create it first "
+                         "(mkdir -p)") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{mountpoint} is a dead FUSE mount (its daemon is gone); run "
+                f"`crds-fs umount {mountpoint}` (or fusermount3 -u) first") from None
+        raise MountError(f"mount point {mountpoint} is not usable: {exc.strerror}") from None
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if is_mounted(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point (st_dev {st.st_dev}); "
+                         f"unmount it first (`crds-fs umount {mountpoint}`)")
+
+
+def is_mounted(path: Path) -> bool:
+    """True when *path* is the mount point of some filesystem (from /proc/self/mountinfo)."""
+    target = os.path.abspath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as lines:
+            for line in lines:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    return True
+    except OSError:
+        return os.path.ismount(target)
+    return False
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def start_daemon(args: list[str], mountpoint: Path, log_path: Path,
+                 ready_timeout: float) -> dict[str, Any]:
+    """Start the detached daemon; return its stats once ready, or raise with its error."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "crds_fs.cli", *args, "--status-fd", str(write_fd)]
+    with open(log_path, "ab") as log_out:
+        try:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log_out, stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,), start_new_session=True, close_fds=True,
+            )
+        finally:
+            os.close(write_fd)
+    try:
+        message = _wait_for_status(read_fd, proc, ready_timeout)
+    finally:
+        os.close(read_fd)
+    if message != "ready":
+        _stop_child(proc)
+        detail = message or f"the daemon exited with status {proc.returncode}"
+        raise MountError(f"mounting {mountpoint} failed: {detail}\n{_log_tail(log_path)}")
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        try:
+            return read_stats(mountpoint)
+        except (OSError, ValueError) as exc:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop_child(proc)
+                raise MountError(f"mount at {mountpoint} did not become readable "
+                                 f"({exc})\n{_log_tail(log_path)}") from None
+            time.sleep(0.05)
+
+
+def _wait_for_status(read_fd: int, proc: subprocess.Popen, timeout: float) -> str:
+    """The first line the daemon writes on the status pipe ('' if it died silently)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return f"the daemon was not ready after {timeout:.0f}s"
+        ready, _, _ = select.select([read_fd], [], [], min(left, 0.5))
+        if not ready:
+            continue
+        chunk = os.read(read_fd, 65536)
+        if not chunk:  # every writer closed: the daemon is gone
+            proc.wait(5)
+            break
+        data += chunk
+    line = data.decode("utf-8", "replace").split("\n", 1)[0].strip()
+    return line.removeprefix("error: ") if line.startswith("error: ") else line
+
+
+def _stop_child(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"last lines of {path}:\n" + "\n".join("  " + line for line in text)
+
+
+def read_stats(mountpoint: Path) -> dict[str, Any]:
+    """The mount's `.crds-fs/stats` as a dict (raises OSError/ValueError when unreadable)."""
+    return json.loads(mountpoint.joinpath(*STATS).read_text())
+
+
+class _StatusPipe:
+    """The daemon's side of the status pipe: one line, then closed."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def send(self, line: str) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.write(fd, (line.replace("\n", " ") + "\n").encode())
+        except OSError:
+            pass  # the parent gave up waiting; the log has everything
+        finally:
+            os.close(fd)
+
+
+def configure_logging(log_file: Path | None, verbose: int) -> None:
+    """INFO from crds-fs (mounts, downloads, failures) with times; DEBUG with -vv."""
+    root = logging.getLogger()
+    formatter = logging.Formatter(LOG_FORMAT)
+    for handler in root.handlers:
+        handler.setFormatter(formatter)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    logging.getLogger("crds_fs").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+
+
+def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
+                   log_file: Path | None, fuse_opts: tuple[str, ...], status_fd: int | None,
+                   verbose: int) -> None:
+    """Open the cache, build the namespace, mount and serve until unmounted or signalled."""
+    status = _StatusPipe(status_fd)
+    configure_logging(log_file, verbose)
+    try:
+        check_mountpoint(mountpoint)
+        cache, operations = _prepare(settings, mountpoint, offline, status)
+    except CrdsFsError as exc:
+        log.error("%s", exc)
+        status.send(f"error: {exc}")
+        raise
+    except Exception as exc:
+        log.exception("mount of %s failed", mountpoint)
+        status.send(f"error: {type(exc).__name__}: {exc}")
+        raise
+    from ..fuse import fuse_options, run_fuse
+
+    try:
+        run_fuse(operations, str(mountpoint), **fuse_options(extra=_parse_fuse_opts(fuse_opts)))
+    except CrdsFsError as exc:
+        status.send(f"error: {exc}")
+        raise
+    finally:
+        status.send("error: the FUSE loop ended before the mount was ready")
+        cache.close()
+    log.info("unmounted %s; daemon exiting", mountpoint)
+
+
+def _prepare(settings: Settings, mountpoint: Path, offline: bool,
+             status: _StatusPipe) -> tuple[Any, Any]:
+    from ..cache import FileCache
+    from ..fuse import CrdsOperations
+    from ..namespace import MountSource
+
+    started = time.perf_counter()
+    cache = FileCache.open(settings, observatory=settings.observatory, offline=offline)
+    try:
+        source = MountSource(cache, context=settings.context, mountpoint=str(mountpoint))
+    except BaseException:
+        cache.close()
+        raise
+    catalog = cache.catalog
+    state = "online" if cache.online else "OFFLINE: only cached files can be opened"
+    log.info("mounting %s: %s context %s from %s (%d mappings, %d references), cache %s, %s;"
+             " prepared in %.2fs", mountpoint, cache.observatory, source.context,
+             settings.server_url, len(catalog.mappings()), len(catalog.references()),
+             settings.cache_dir, state, time.perf_counter() - started)
+
+    def ready() -> None:
+        log.info("mounted %s (pid %d)", mountpoint, os.getpid())
+        status.send("ready")
+
+    return cache, CrdsOperations(source, on_init=ready)
+
+
+def _parse_fuse_opts(opts: tuple[str, ...]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for group in opts:
+        for opt in group.split(","):
+            if not opt:
+                continue
+            key, sep, value = opt.partition("=")
+            parsed[key] = value if sep else True
+    return parsed
+
+
+# --- umount ---------------------------------------------------------------------------------
+
+
+@cli.command("umount")
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--timeout", type=click.FloatRange(min=0), default=EXIT_TIMEOUT,
+              show_default=True, help="Seconds to wait for the daemon to exit.")
+def umount_command(mountpoint: Path, timeout: float) -> None:
+    """Unmount a crds-fs mount and wait for its daemon to exit (lazily if busy)."""
+    mountpoint = Path(os.path.abspath(mountpoint))
+    message = unmount(mountpoint, timeout=timeout)
+    click.echo(message)
+
+
+def unmount(mountpoint: Path, *, timeout: float = EXIT_TIMEOUT) -> str:
+    """Unmount *mountpoint*, wait for the daemon; returns what happened (raises MountError)."""
+    pid = _daemon_pid(mountpoint)
+    if not is_mounted(mountpoint):
+        raise MountError(f"{mountpoint} is not mounted")
+    lazy = False
+    result = _fusermount("-u", mountpoint)
+    if result.returncode != 0:
+        text = (result.stderr or result.stdout).strip()
+        if "busy" not in text.lower():
+            raise MountError(f"unmounting {mountpoint} failed: {text}")
+        lazy = True
+        click.echo(f"crds-fs: {mountpoint} is busy (a file is open or a shell is inside it); "
+                   "unmounting lazily: it disappears now and the daemon exits when the last "
+                   "user lets go", err=True)
+        result = _fusermount("-u", "-z", mountpoint)
+        if result.returncode != 0:
+            raise MountError(f"lazy unmount of {mountpoint} failed: "
+                             f"{(result.stderr or result.stdout).strip()}")
+    if pid is None:
+        return f"crds-fs: unmounted {mountpoint}"
+    if _wait_exit(pid, timeout):
+        return f"crds-fs: unmounted {mountpoint}; daemon {pid} exited"
+    if lazy:
+        return (f"crds-fs: unmounted {mountpoint} lazily; daemon {pid} exits when the mount "
+                "is no longer in use")
+    raise MountError(f"unmounted {mountpoint} but daemon {pid} is still running after "
+                     f"{timeout:.0f}s; stop it with kill {pid}")
+
+
+def _daemon_pid(mountpoint: Path) -> int | None:
+    """The daemon's pid as its stats file reports it (None for a dead or foreign mount)."""
+    try:
+        mount = read_stats(mountpoint).get("mount", {})
+    except (OSError, ValueError):
+        return None
+    pid = mount.get("pid")
+    if mount.get("mountpoint") not in (None, str(mountpoint)) or not isinstance(pid, int):
+        return None
+    return pid
+
+
+def _fusermount(*args: object) -> subprocess.CompletedProcess:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        raise MountError("fusermount3 not found: install fuse3 (apt-get install fuse3)")
+    return subprocess.run([tool, *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+

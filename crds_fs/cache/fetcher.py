@@ -1,0 +1,434 @@
+"""The fetcher: download a file once, verify it, commit it atomically, share the result.
+
+Single flight at two levels:
+
+* threads of one process: the first `ensure(name)` creates a `Download` and does the work;
+  later callers wait on it and get the same path or the same exception;
+* processes sharing a cache dir: the downloading thread holds the name's flock in `tmp/`;
+  another process waits for the lock, then finds the file committed (index or final path).
+
+Every wait is bounded.  The transfer itself is bounded by the client's connect/read timeouts
+and retry budget (connection errors and 5xx when opening; a body that breaks off is resumed
+with a byte range, or restarted, a few times).  A process waiting for another one's download
+gives up when the temp file stops growing for longer than the downloader could legitimately
+stall.
+
+Hooks for later issues (not used yet):
+
+* read while downloading: `Download.bytes_written` grows under `Download.cond`;
+  `Download.wait_for_bytes(n)` blocks until n bytes are on disk in `Download.part`.  Those
+  bytes are NOT verified until the whole file is, so nothing serves them today.
+* byte ranges: `Fetcher.open_body(url, start, end)` is the one place that issues ranged GETs
+  (resume uses it); a reader that wants the first pages of a huge file can use it as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from ..client.catalog import Catalog, FileInfo
+from ..client.rpc import CrdsClient, iter_chunks
+from ..config import Settings
+from ..errors import (
+    CrdsFsError,
+    DownloadError,
+    OfflineError,
+    ProtocolError,
+    ServerUnreachableError,
+    UnknownFileError,
+    VerificationError,
+)
+from .index import CacheIndex
+from .store import FileStore, NameLock, sha1_file
+
+log = logging.getLogger("crds_fs.cache")
+
+_CHUNK = 1 << 20
+
+
+class Download:
+    """One transfer of one file in this process; other threads wait on it."""
+
+    def __init__(self, name: str, info: FileInfo, final: Path, part: Path) -> None:
+        self.name = name
+        self.size = info.size
+        self.sha1 = info.sha1
+        self.final = final
+        #: temp file the bytes go to (only meaningful while `state == "running"`)
+        self.part = part
+        self.url = ""
+        self.state = "pending"  # pending -> running -> done | failed
+        self.bytes_written = 0
+        self.path: Path | None = None
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+
+    def __repr__(self) -> str:
+        return f"Download({self.name!r}, {self.state}, {self.bytes_written}/{self.size})"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed")
+
+    def started(self, url: str) -> None:
+        with self.cond:
+            self.url = url
+            self.state = "running"
+            self.bytes_written = 0
+            self.cond.notify_all()
+
+    def progress(self, written: int) -> None:
+        with self.cond:
+            self.bytes_written = written
+            self.cond.notify_all()
+
+    def finish(self, path: Path | None = None, error: BaseException | None = None) -> None:
+        with self.cond:
+            self.path = path
+            self.error = error
+            self.state = "failed" if error is not None else "done"
+            self.cond.notify_all()
+
+    def wait(self) -> Path:
+        """The committed path once the leader is done, or its exception re-raised.
+
+        Not bounded here: the leader always finishes, and its own waits are bounded.
+        """
+        with self.cond:
+            self.cond.wait_for(lambda: self.finished)
+        if self.error is not None:
+            raise self.error
+        assert self.path is not None
+        return self.path
+
+    def wait_for_bytes(self, count: int, timeout: float | None = None) -> int:
+        """Hook: block until *count* bytes are in `part` (or the download ended).
+
+        Returns bytes_written.  The bytes are unverified: a caller must not hand them out
+        as file content until the policy for that is decided.
+        """
+        with self.cond:
+            self.cond.wait_for(lambda: self.bytes_written >= count or self.finished, timeout)
+            return self.bytes_written
+
+
+class Fetcher:
+    """Makes files of one observatory's catalog present in the store, once each."""
+
+    #: seconds added to the worst legitimate stall (scheduling, file_url, fsync)
+    stall_margin = 5.0
+
+    def __init__(
+        self,
+        *,
+        client: CrdsClient,
+        catalog: Catalog,
+        store: FileStore,
+        index: CacheIndex,
+        settings: Settings,
+        online: bool,
+        offline_reason: str = "",
+        on_commit: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.catalog = catalog
+        self.store = store
+        self.index = index
+        self.settings = settings
+        self.online = online
+        self.offline_reason = offline_reason
+        self.on_commit = on_commit
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Download] = {}
+        self.counters = {"downloads": 0, "failures": 0, "bytes": 0, "adopted": 0}
+        self._counter_lock = threading.Lock()
+
+    # --- public ---------------------------------------------------------------------------
+
+    def info(self, name: str) -> FileInfo:
+        """Catalog entry of *name*; UnknownFileError (no network) when there is none."""
+        FileStore.check_name(name)
+        info = self.catalog.get(name)
+        if info is None:
+            raise UnknownFileError(
+                f"'{name}' is not in the {self.catalog.observatory} catalog of CRDS server "
+                f"{self.catalog.server_url or self.settings.server_url}: check the name "
+                "(CRDS names are case-sensitive)"
+            )
+        return info
+
+    def lookup(self, name: str, info: FileInfo) -> Path | None:
+        """The final path if the index records a good copy that is still on disk."""
+        entry = self.index.get(name)
+        if entry is None:
+            return None
+        final = self.store.final_path(name)
+        if entry.size == info.size and (not info.sha1 or entry.sha1 == info.sha1):
+            if final.exists():
+                return final
+            log.warning("%s is recorded in the cache index but missing from %s; fetching it "
+                        "again", name, final)
+        else:
+            log.warning("cached %s (size %d, sha1 %s) differs from the server catalog "
+                        "(size %d, sha1 %s); replacing it", name, entry.size, entry.sha1,
+                        info.size, info.sha1)
+            self.store.remove(name)
+        self.index.remove(name)
+        return None
+
+    def in_flight(self, name: str) -> Download | None:
+        """Hook for read-while-downloading: the transfer of *name* running in this process."""
+        with self._lock:
+            return self._inflight.get(name)
+
+    def in_flight_count(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    def ensure(self, name: str) -> Path:
+        """Path of the verified file *name*, downloading it once if needed (blocking)."""
+        info = self.info(name)
+        path = self.lookup(name, info)
+        if path is not None:
+            return path
+        with self._lock:
+            download = self._inflight.get(name)
+            leader = download is None
+            if download is None:
+                download = Download(name, info, self.store.final_path(name),
+                                    self.store.part_path(name))
+                self._inflight[name] = download
+        if not leader:
+            return download.wait()
+        try:
+            path = self._obtain(download, info)
+        except BaseException as exc:
+            download.finish(error=exc)
+            raise
+        else:
+            download.finish(path=path)
+            return path
+        finally:
+            with self._lock:
+                self._inflight.pop(name, None)
+
+    # --- leader ---------------------------------------------------------------------------
+
+    def _obtain(self, download: Download, info: FileInfo) -> Path:
+        name = download.name
+        adopted = self._adopt(name, info)
+        if adopted is not None:
+            return adopted
+        if not self.online:
+            raise OfflineError(
+                f"'{name}' is not cached in {self.store.root} and {self.offline_reason}"
+            )
+        lock = self.store.lock(name)
+        self._acquire(lock, download)
+        try:
+            # Another process may have committed it while we waited for the lock.
+            path = self.lookup(name, info) or self._adopt(name, info)
+            if path is not None:
+                return path
+            return self._download(download, info)
+        finally:
+            lock.release()
+
+    def _adopt(self, name: str, info: FileInfo) -> Path | None:
+        """Take over a final file the index does not know (crash after the rename).
+
+        Only committed (hence once verified) files reach a final path, but it is checked
+        again: a user or another tool may have put something there.
+        """
+        final = self.store.final_path(name)
+        if not final.exists():
+            return None
+        size, sha1 = sha1_file(final)
+        if size == info.size and (not info.sha1 or sha1 == info.sha1):
+            self.index.add(name, size, sha1)
+            self._count("adopted", 1)
+            log.info("adopted %s already present at %s (verified)", name, final)
+            return final
+        log.warning("%s at %s does not match the server catalog (size %d/%d, sha1 %s/%s); "
+                    "removing it and fetching again", name, final, size, info.size, sha1,
+                    info.sha1)
+        self.store.remove(name)
+        return None
+
+    def stall_limit(self) -> float:
+        """Longest time a healthy download can make no progress (connect+read, all retries)."""
+        s = self.settings
+        attempts = s.retries + 1
+        return (attempts * (s.connect_timeout + s.read_timeout) + s.backoff * 2 ** attempts
+                + self.stall_margin)
+
+    def _acquire(self, lock: NameLock, download: Download) -> None:
+        """Take the name's cross-process lock, waiting (bounded) while another process holds it.
+
+        The wait ends when the holder commits or fails (the kernel releases a dead holder's
+        lock at once); it is abandoned with DownloadError when the holder's temp file has
+        not grown for longer than `stall_limit()`.
+        """
+        if lock.try_acquire():
+            return
+        log.info("waiting for another process that is downloading %s", download.name)
+        limit = self.stall_limit()
+        last_size, last_change, pause = -1, time.monotonic(), 0.01
+        while not lock.try_acquire():
+            try:
+                size = os.stat(download.part).st_size
+            except FileNotFoundError:
+                size = -1
+            now = time.monotonic()
+            if size != last_size:
+                last_size, last_change = size, now
+            elif now - last_change > limit:
+                raise DownloadError(
+                    f"another process has been downloading '{download.name}' into "
+                    f"{download.part} without progress for {limit:.0f}s; giving up. If no "
+                    "crds-fs process is running, remove that file and try again"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+    def _download(self, download: Download, info: FileInfo) -> Path:
+        """Stream into the temp file, verify, commit, record; nothing kept on failure."""
+        name = download.name
+        try:
+            url = self.client.file_url(name, self.catalog.observatory)
+        except (ServerUnreachableError, ProtocolError) as exc:
+            self._count("failures", 1)
+            log.error("cannot download %s: no download URL (%s)", name, exc)
+            raise DownloadError(f"cannot download '{name}': {exc}") from None
+        download.started(url)
+        part, fd = self.store.open_part(name)
+        try:
+            sha1 = self._transfer(download, fd, url)
+            self._verify(download, sha1, url)
+            final = self.store.commit(part, fd, name)
+        except BaseException as exc:
+            self.store.discard(part)
+            self._count("failures", 1)
+            if isinstance(exc, CrdsFsError):
+                log.error("download of %s from %s failed: %s", name, url, exc)
+            raise
+        finally:
+            os.close(fd)
+        self.index.add(name, info.size, sha1)
+        self._count("downloads", 1)
+        log.info("downloaded %s (%d bytes) from %s", name, info.size, url)
+        if self.on_commit is not None:
+            self.on_commit(name, info.size)
+        return final
+
+    def _transfer(self, download: Download, fd: int, url: str) -> str:
+        """Write the body of *url* into *fd*, resuming after breaks; return the sha1 hex.
+
+        Opening is retried by the client (connection errors, timeouts, 5xx).  A body that
+        breaks off (reset, truncation, read timeout) is resumed from the bytes already
+        written with a Range request, or restarted when the server ignores ranges, up to
+        `settings.retries` times.
+        """
+        name, size = download.name, download.size
+        digest = hashlib.sha1(usedforsecurity=False)
+        written, failures = 0, 0
+        while True:
+            response = self._open(download, url, written)
+            if response is None:  # the server ignores ranges: start over
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                digest, written = hashlib.sha1(usedforsecurity=False), 0
+                download.progress(0)
+                response = self._open(download, url, 0)
+                assert response is not None
+            try:
+                reason = ""
+                for chunk in iter_chunks(response, _CHUNK):
+                    if written + len(chunk) > size:
+                        raise VerificationError(
+                            f"download of '{name}' from {url} is longer than the catalog size "
+                            f"{size}; nothing was kept"
+                        )
+                    _write_all(fd, chunk)
+                    digest.update(chunk)
+                    written += len(chunk)
+                    self._count("bytes", len(chunk))
+                    download.progress(written)
+            except VerificationError:
+                raise
+            except DownloadError as exc:
+                reason = str(exc)
+            finally:
+                response.close()
+            if written == size:
+                return digest.hexdigest()
+            reason = reason or f"the body ended after {written} of {size} bytes"
+            failures += 1
+            if failures > self.settings.retries:
+                raise DownloadError(
+                    f"download of '{name}' from {url} failed after {failures} attempt(s): "
+                    f"{reason}; nothing was kept. Try again later"
+                )
+            delay = self.settings.backoff * 2 ** (failures - 1)
+            log.warning("download of %s from %s broke off at %d of %d bytes (%s); resuming "
+                        "in %.2fs", name, url, written, size, reason, delay)
+            time.sleep(delay)
+
+    def _open(self, download: Download, url: str, start: int) -> requests.Response | None:
+        """Open the body from byte *start*; None when a resume was refused (no range support)."""
+        try:
+            return self.open_body(url, start)
+        except ServerUnreachableError as exc:
+            raise DownloadError(f"download of '{download.name}' from {url} failed: {exc}") from None
+        except DownloadError as exc:
+            if start == 0:
+                raise DownloadError(f"download of '{download.name}' failed: {exc}") from None
+            log.info("resuming %s at byte %d was refused (%s); restarting", download.name,
+                     start, exc)
+            return None
+
+    def open_body(self, url: str, start: int = 0, end: int | None = None) -> requests.Response:
+        """The single place that opens download bodies (whole, or bytes [start, end)).
+
+        Hook for range reads of huge files; raises the client's errors unchanged.
+        """
+        if start == 0 and end is None:
+            return self.client.open_stream(url)
+        return self.client.open_stream(url, start=start, end=end)
+
+    def _verify(self, download: Download, sha1: str, url: str) -> None:
+        if download.sha1 and sha1 != download.sha1:
+            raise VerificationError(
+                f"downloaded '{download.name}' from {url} has sha1 {sha1} but the server "
+                f"catalog says {download.sha1}; nothing was kept. The server or something "
+                "between it and you corrupts data"
+            )
+        if not download.sha1:
+            log.debug("%s: the server publishes no sha1; only its size was checked",
+                      download.name)
+
+    def _count(self, key: str, amount: int = 1) -> None:
+        with self._counter_lock:
+            self.counters[key] += amount
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for stats() (downloads, failures, bytes, adopted, in flight)."""
+        with self._counter_lock:
+            data: dict[str, Any] = dict(self.counters)
+        data["in_flight"] = self.in_flight_count()
+        return data
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -1,0 +1,158 @@
+"""The cache index: what is cached, kept in a diskcache (SQLite) at `<cache>/index/`.
+
+Startup must not walk a directory of 10^5 references, and a restarted mount must know at
+once what it already has: so every committed file is recorded here (size, sha1, when
+fetched, when last used), next to the server catalog and the last server info (stored by
+`load_catalog`) that let a mount work offline.  diskcache is safe between threads and
+processes; counters and entries change together in one transaction.
+
+Keys: ``file:<obs>/<name>`` -> ``(size, sha1, fetched_at, last_used)`` (a plain tuple, so
+stored entries never depend on class names), ``meta:...`` for counters and settings,
+``catalog:<obs>`` for the catalog (see crds_fs.client.catalog).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import diskcache
+
+_FILE = "file:"
+
+
+class Entry(NamedTuple):
+    """One cached, verified file."""
+
+    size: int
+    sha1: str
+    fetched_at: float
+    last_used: float
+
+
+class CacheIndex:
+    """Typed access to the diskcache index for one observatory's files.
+
+    Lookups of single names go straight to SQLite (a few microseconds, and they see what
+    other processes committed).  Whole-set questions (`names()`, eviction) use an in-memory
+    mirror that is rebuilt only when another process changed the index (a generation
+    counter tells), since listing every key of a big index costs about half a second.
+    """
+
+    def __init__(self, db: diskcache.Cache, observatory: str) -> None:
+        self.db = db
+        self.directory = Path(db.directory)
+        self.observatory = observatory
+        self._prefix = f"{_FILE}{observatory}/"
+        self._gen_key = f"meta:generation:{observatory}"
+        self._count_key = f"meta:count:{observatory}"
+        self._bytes_key = f"meta:bytes:{observatory}"
+        self._lock = threading.Lock()
+        self._mirror: dict[str, Entry] | None = None
+        self._mirror_gen = -1
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- single files ---------------------------------------------------------------------
+
+    def get(self, name: str) -> Entry | None:
+        value = self.db.get(self._prefix + name)
+        return Entry(*value) if value is not None else None
+
+    def add(self, name: str, size: int, sha1: str, *, now: float | None = None) -> Entry:
+        """Record a committed file; counters change only if it was not recorded yet."""
+        now = time.time() if now is None else now
+        entry = Entry(int(size), sha1, now, now)
+        with self._lock, self.db.transact():
+            old = self.db.get(self._prefix + name)
+            self.db.set(self._prefix + name, tuple(entry))
+            if old is None:
+                self.db.incr(self._count_key, 1)
+                self.db.incr(self._bytes_key, entry.size)
+            else:
+                self.db.incr(self._bytes_key, entry.size - int(old[0]))
+            self._bump(name, entry)
+        return entry
+
+    def remove(self, name: str) -> Entry | None:
+        """Forget a file (evicted, or found missing/corrupt on disk)."""
+        with self._lock, self.db.transact():
+            old = self.db.pop(self._prefix + name, default=None)
+            if old is None:
+                return None
+            self.db.incr(self._count_key, -1)
+            self.db.incr(self._bytes_key, -int(old[0]))
+            self._bump(name, None)
+        return Entry(*old)
+
+    def touch(self, name: str, when: float | None = None) -> None:
+        """Update last_used (the LRU clock); a no-op for names not recorded."""
+        when = time.time() if when is None else when
+        with self._lock, self.db.transact():
+            old = self.db.get(self._prefix + name)
+            if old is not None:
+                entry = Entry(*old)._replace(last_used=when)
+                self.db.set(self._prefix + name, tuple(entry))
+                if self._mirror is not None and name in self._mirror:
+                    self._mirror[name] = entry
+
+    def _bump(self, name: str, entry: Entry | None) -> None:
+        """Advance the generation; keep the mirror if nobody else changed the index."""
+        generation = self.db.incr(self._gen_key, 1)
+        if self._mirror is not None and generation == self._mirror_gen + 1:
+            if entry is None:
+                self._mirror.pop(name, None)
+            else:
+                self._mirror[name] = entry
+            self._mirror_gen = generation
+        else:
+            self._mirror = None
+
+    # --- whole set ------------------------------------------------------------------------
+
+    def entries(self) -> dict[str, Entry]:
+        """Every recorded file of this observatory (a copy)."""
+        with self._lock:
+            generation = self.db.get(self._gen_key, 0)
+            if self._mirror is None or generation != self._mirror_gen:
+                self._mirror = self._load()
+                self._mirror_gen = generation
+            return dict(self._mirror)
+
+    def names(self) -> set[str]:
+        return set(self.entries())
+
+    def _load(self) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        cut = len(self._prefix)
+        for key in self.db.iterkeys():
+            if isinstance(key, str) and key.startswith(self._prefix):
+                value = self.db.get(key)
+                if value is not None:
+                    found[key[cut:]] = Entry(*value)
+        return found
+
+    def totals(self) -> tuple[int, int]:
+        """(number of files, bytes) recorded, from the counters (no listing)."""
+        return int(self.db.get(self._count_key, 0)), int(self.db.get(self._bytes_key, 0))
+
+    # --- metadata -------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        return self.db.get(f"meta:{key}", default)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.set(f"meta:{key}", value)
+
+
+def open_db(directory: Path) -> diskcache.Cache:
+    """The diskcache at *directory*, created if absent.
+
+    Its own eviction is off: our entries are tiny, and dropping one would make a cached
+    file invisible (and the catalog, needed offline, must never go).
+    """
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return diskcache.Cache(str(directory), eviction_policy="none", timeout=60)

@@ -1,0 +1,204 @@
+"""The file store: a CRDS cache layout on disk, written only by atomic, verified commits.
+
+The cache directory is itself a CRDS cache (`mappings/<obs>/`, `references/<obs>/` flat,
+`config/<obs>/`), so crds can use it directly with CRDS_PATH.  Files in progress live in
+`tmp/` on the same filesystem and reach their final path only by `os.replace()` after their
+size and sha1 were checked (the CernVM-FS commit protocol): a final path is either absent or
+a complete, verified, read-only file, whatever crashes in between.
+
+Per-name lock files in `tmp/` (flock, so they are per open file and work between threads,
+processes and FileCache instances alike) make one process the downloader of a name; the
+kernel drops the lock when its holder dies, so a killed download never wedges the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from ..client.names import file_kind, is_safe_basename
+from ..errors import ConfigError, UnknownFileError
+
+log = logging.getLogger("crds_fs.cache")
+
+#: Directory of each file kind in a CRDS cache layout.
+KIND_DIRS = {"mapping": "mappings", "reference": "references", "config": "config"}
+PART_SUFFIX = ".part"
+LOCK_SUFFIX = ".lock"
+#: Read-only: nothing may change a verified file in place (crds, the mount, a user).
+FILE_MODE = 0o444
+_HASH_CHUNK = 1 << 20
+
+
+class NameLock:
+    """Exclusive, process-shared lock on one file name (flock on `tmp/<name>.lock`).
+
+    The lock file is unlinked by its holder on release, so `tmp/` does not fill up with
+    lock files; an acquirer therefore checks that the file it locked is still the one at
+    the path (else it locked a dead inode and tries again).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it; never blocks."""
+        if self._fd is not None:
+            raise RuntimeError(f"lock {self.path} is already held by this object")
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return False
+                raise
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                self._fd = fd
+                return True
+            os.close(fd)  # the holder before us unlinked it: lock the new one
+
+    def release(self) -> None:
+        """Unlink the lock file, then drop the lock (in that order: see the class doc)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+
+class FileStore:
+    """Paths of one observatory inside a cache dir, temp files, and the atomic commit."""
+
+    def __init__(self, root: Path, observatory: str) -> None:
+        self.root = Path(root)
+        self.observatory = observatory
+        self.tmp_dir = self.root / "tmp"
+        try:
+            for sub in KIND_DIRS.values():
+                (self.root / sub / observatory).mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cache directory {self.root} is not usable ({exc.strerror}); set CRDS_FS_CACHE "
+                "to a writable directory"
+            ) from None
+
+    # --- paths ----------------------------------------------------------------------------
+
+    @staticmethod
+    def check_name(name: str) -> None:
+        """Refuse names that could escape their directory (they come from users/servers)."""
+        if not is_safe_basename(name):
+            raise UnknownFileError(f"'{name}' is not a valid CRDS file name")
+
+    def final_path(self, name: str) -> Path:
+        """Where *name* lives in the CRDS layout: `<root>/<kind dir>/<obs>/<name>` (flat)."""
+        self.check_name(name)
+        return self.root / KIND_DIRS[file_kind(name)] / self.observatory / name
+
+    def part_path(self, name: str) -> Path:
+        """The one temp file of a download of *name* (one downloader at a time: the lock)."""
+        return self.tmp_dir / (name + PART_SUFFIX)
+
+    def lock(self, name: str) -> NameLock:
+        return NameLock(self.tmp_dir / (name + LOCK_SUFFIX))
+
+    # --- writing --------------------------------------------------------------------------
+
+    def open_part(self, name: str, *, keep: bool = False) -> tuple[Path, int]:
+        """Open the temp file of *name* for writing (truncated unless *keep*); call under lock."""
+        path = self.part_path(name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if keep else os.O_TRUNC)
+        return path, os.open(path, flags, 0o600)
+
+    def commit(self, part: Path, fd: int, name: str) -> Path:
+        """fsync the verified temp file, make it read-only and rename it into place.
+
+        The directory is fsynced too, so after a crash the file is either at its final path
+        whole, or not there at all.
+        """
+        final = self.final_path(name)
+        os.fsync(fd)
+        os.fchmod(fd, FILE_MODE)
+        os.replace(part, final)
+        _fsync_dir(final.parent)
+        return final
+
+    @staticmethod
+    def discard(part: Path) -> None:
+        """Remove a temp file (failed or abandoned download)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
+
+    def remove(self, name: str) -> bool:
+        """Delete a committed file (eviction, or a final file that failed re-verification)."""
+        try:
+            os.unlink(self.final_path(name))
+            return True
+        except FileNotFoundError:
+            return False
+
+    # --- maintenance ----------------------------------------------------------------------
+
+    def clear_stale(self) -> int:
+        """Delete temp and lock files of downloads whose process is gone; returns how many.
+
+        Only `tmp/` is listed (it holds just the downloads in progress), never the big
+        mappings/references directories.  A name whose lock is held belongs to a live
+        download (here or in another process) and is left alone.
+        """
+        removed = 0
+        try:
+            entries = os.listdir(self.tmp_dir)
+        except FileNotFoundError:
+            return 0
+        names = {e[: -len(PART_SUFFIX)] for e in entries if e.endswith(PART_SUFFIX)}
+        names |= {e[: -len(LOCK_SUFFIX)] for e in entries if e.endswith(LOCK_SUFFIX)}
+        for name in names:
+            lock = NameLock(self.tmp_dir / (name + LOCK_SUFFIX))
+            if not lock.try_acquire():
+                continue
+            try:
+                if self.part_path(name).exists():
+                    self.discard(self.part_path(name))
+                    log.info("removed the temp file of an interrupted download of %s", name)
+                    removed += 1
+            finally:
+                lock.release()
+        return removed
+
+
+def sha1_file(path: Path) -> tuple[int, str]:
+    """(size, sha1 hex) of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,683 @@
+"""Selector classes: the nested decision tree of an rmap, reimplemented from crds 14.0.3.
+
+Each selector is built once from parsed mapping data (:class:`~.parser.SelectorCall`) and is
+immutable afterwards (the only mutable parts are thread-safe caches of pure results).
+``choose(header, memo)`` returns a leaf (a filename string, ``'N/A'``, a tuple of tied
+filenames, ...) or raises one of the engine exceptions whose *kind* decides what the caller
+does next (see :mod:`.exceptions`).
+
+Behaviour kept from crds on purpose, because it defines today's answers:
+
+* Match validates every header value against the values present in its column before
+  matching; an unknown value is an error unless the column has ``*``/``ANY``/``N/A`` or an
+  esoteric value.
+* Match weighs a row by the number of columns that positively match; ``N/A`` counts 0, every
+  other kind of match (exact, ``*``, glob, range, NOT) counts 1.  The best weight group is
+  tried first; on a lookup failure of its nested selector the next group is tried.  Ties
+  merge nested UseAfters (union of dates; on equal dates the greater filename wins) or return
+  a tuple of tied leaves.
+* UseAfter compares the reformatted dataset date with its keys *as strings*.
+
+Performance: Match columns are indexed at load time.  Exact values (and ``A|B|C`` literal
+alternatives) go into a dict value -> bitmask of rows, so one header value costs one dict
+lookup per column; only globs, regexes, ranges and NOT values are evaluated per header.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import struct
+import sys
+import threading
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .conditioning import condition_value
+from .dates import parse_date, reformat_date
+from .exceptions import (
+    AmbiguousMatchError,
+    InvalidDatetimeError,
+    MatchingError,
+    SelectorLookupError,
+    UseAfterError,
+    ValidationError,
+    VersionAfterError,
+)
+from .matchers import (
+    GlobMatcher,
+    Matcher,
+    NaMatcher,
+    glob_parts,
+    is_esoteric,
+    make_matcher,
+)
+from .parser import SelectorCall
+
+#: Built-in substitutions crds applies to every rmap (header ``substitutions`` add to them).
+DEFAULT_SUBSTITUTIONS: dict[str, dict[Any, Any]] = {
+    "META.SUBARRAY.NAME": {"GENERIC": "N/A"},
+    "SUBARRAY": {"GENERIC": "N/A"},
+}
+
+_VERSION = re.compile(r"^(\d{1,8}(\.\d{1,8}(\.\d{1,8})?)?)[a-zA-Z0-9_\+\-\.]{0,128}$")
+
+Memo = dict  # per-lookup scratch space (parsed dates), owned by one call
+
+
+class RmapSettings:
+    """The rmap-header facts selectors need, read once with crds' lower-casing rules."""
+
+    __slots__ = ("name", "merge_overlaps", "substitutions")
+
+    def __init__(self, name: str, merge_overlaps: bool, substitutions: Mapping[str, Any]):
+        self.name = name
+        self.merge_overlaps = merge_overlaps
+        self.substitutions = substitutions
+
+
+def build_selector(call: SelectorCall, levels: tuple[Any, ...], settings: RmapSettings) -> Selector:
+    """Instantiate the selector tree of *call*; ``levels`` is the rmap ``parkey`` tuple."""
+    if not levels:
+        raise IndexError("tuple index out of range")
+    selections: dict[Any, Any] = {}
+    for key, value in call.entries.items():
+        if isinstance(value, SelectorCall):
+            selections[key] = build_selector(value, levels[1:], settings)
+        else:
+            selections[key] = value
+    return SELECTOR_CLASSES[call.kind](levels[0], selections, settings)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Selector:
+    """Common construction (substitutions, key conditioning, sorting) and the choose loop."""
+
+    short_name = "Selector"
+
+    def __init__(self, parameters: Any, selections: dict[Any, Any] | None,
+                 settings: RmapSettings, merged: list[tuple[Any, Any]] | None = None) -> None:
+        if not isinstance(parameters, (list, tuple)):
+            raise AssertionError("parameters should be a list or tuple of header keys")
+        self.parameters: tuple[str, ...] = tuple(parameters)
+        self.settings = settings
+        if merged is not None:
+            self.selections = merged
+        else:
+            assert selections is not None
+            substituted = self._substitute(dict(selections))
+            conditioned = [(self.condition_key(k), v) for k, v in substituted.items()]
+            _check_duplicates(conditioned)
+            self.selections = sorted(conditioned)
+        self.keys = [key for key, _ in self.selections]
+        self.parkey_map = self.get_parkey_map()
+
+    # -- construction helpers -------------------------------------------------------------
+
+    def _substitute(self, selections: dict[Any, Any]) -> dict[Any, Any]:
+        substitutions = self.settings.substitutions
+        for keyword in self.parameters:
+            if keyword not in substitutions:
+                continue
+            table = substitutions[keyword]
+            for match in list(selections):
+                if isinstance(match, tuple):
+                    which = self.parameters.index(keyword)
+                    old = match[which]
+                    if old not in table:
+                        continue
+                    new_match = list(match)
+                    new_match[which] = _as_tuple(table[old])
+                    selections[tuple(new_match)] = selections.pop(match)
+                elif match in table:
+                    selections[_as_tuple(table[match])] = selections.pop(match)
+        return selections
+
+    def condition_key(self, key: Any) -> Any:
+        return key
+
+    def get_parkey_map(self) -> dict[str, Any]:
+        """crds' per-parameter list of values in use ([] = unchecked)."""
+        parmap: dict[str, Any] = {}
+        count = len(self.parameters)
+        for i, par in enumerate(self.parameters):
+            if par not in parmap:
+                parmap[par] = set()
+            for key in self.keys:
+                if not isinstance(key, tuple):
+                    key = (key,)
+                if len(key) != count:
+                    raise ValidationError(
+                        self.short_name + " key=" + repr(key)
+                        + " is wrong length for parameters " + repr(self.parameters)
+                    )
+                if is_esoteric(key[i]):
+                    parmap[par] = []
+                    break
+                parmap[par] |= set(glob_parts(key[i]))
+        return {par: sorted(values) for par, values in parmap.items()}
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    def choose(self, header: Mapping[str, Any], memo: Memo) -> Any:
+        self._check_defined(header)
+        lookup = self.validate_header(header, memo)
+        last: Exception | None = None
+        for choice in self.candidates(lookup, header):
+            try:
+                return choose_value(choice, header, memo)
+            except SelectorLookupError as exc:
+                last = exc
+        more = " last exception: " + str(last) if last else ""
+        raise SelectorLookupError("All lookup attempts failed." + more)
+
+    def _check_defined(self, header: Mapping[str, Any]) -> None:
+        for name in self.parameters:
+            if name not in header and name in self.parkey_map and "N/A" not in self.parkey_map[name]:
+                raise ValidationError(
+                    self.short_name + " required lookup parameter " + repr(name) + " is undefined."
+                )
+
+    def validate_header(self, header: Mapping[str, Any], memo: Memo) -> Any:
+        raise NotImplementedError
+
+    def candidates(self, lookup: Any, header: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def merge(self, other: Any) -> Selector:
+        raise AmbiguousMatchError(
+            "More than one match was found at the same weight and "
+            + self.short_name + " does not support merging."
+        )
+
+    # -- introspection --------------------------------------------------------------------
+
+    def reference_names(self) -> set[str]:
+        """Every leaf filename reachable from this selector."""
+        names: set[str] = set()
+        for _, choice in self.selections:
+            if isinstance(choice, Selector):
+                names |= choice.reference_names()
+            elif isinstance(choice, str):
+                names.add(choice)
+            elif isinstance(choice, tuple):
+                names.update(str(c) for c in choice)
+            elif isinstance(choice, dict):
+                names.update(str(c) for c in choice.values())
+        return names
+
+    def match_values(self) -> dict[str, set[Any]]:
+        """{parameter: raw values used} (for generating test headers)."""
+        values: dict[str, set[Any]] = {}
+        for _, choice in self.selections:
+            if isinstance(choice, Selector):
+                for par, vals in choice.match_values().items():
+                    values.setdefault(par, set()).update(vals)
+        return values
+
+    def __repr__(self) -> str:
+        return f"{self.short_name}({self.parameters!r}, n={len(self.selections)})"
+
+
+def choose_value(choice: Any, header: Mapping[str, Any], memo: Memo) -> Any:
+    """A leaf as is, or the choice of a nested selector."""
+    if isinstance(choice, Selector):
+        return choice.choose(header, memo)
+    return choice
+
+
+def _as_tuple(replacement: Any) -> Any:
+    return tuple(replacement) if isinstance(replacement, list) else replacement
+
+
+def _check_duplicates(items: list[tuple[Any, Any]]) -> None:
+    seen: set[Any] = set()
+    for key, _ in items:
+        if key in seen:
+            raise ValueError("Key " + repr(key) + " appears more than once ")
+        seen.add(key)
+
+
+def _float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Column:
+    """One Match parameter: indexed matchers plus the data to validate header values."""
+
+    __slots__ = ("name", "exact", "exact_all", "na", "special", "valid", "valid_set", "lenient")
+
+    def __init__(self, name: str, valid: Any) -> None:
+        self.name = name
+        self.exact: dict[str, int] = {}
+        self.exact_all = 0
+        self.na = 0
+        self.special: dict[str, list[Any]] = {}
+        self.valid = valid
+        self.valid_set = frozenset(valid) if isinstance(valid, list) else frozenset()
+        self.lenient = not valid or any(w in self.valid_set for w in ("*", "ANY", "N/A"))
+
+    def add(self, key: str, bit: int) -> None:
+        matcher = make_matcher(key)
+        kind = type(matcher)
+        if kind is Matcher:
+            self.exact[matcher.key] = self.exact.get(matcher.key, 0) | bit
+            self.exact_all |= bit
+        elif kind is NaMatcher:
+            self.na |= bit
+        elif kind is GlobMatcher and matcher.literals is not None:  # type: ignore[attr-defined]
+            for part in matcher.literals:  # type: ignore[attr-defined]
+                self.exact[part] = self.exact.get(part, 0) | bit
+            self.exact_all |= bit
+        else:
+            entry = self.special.setdefault(key, [matcher, 0])
+            entry[1] |= bit
+
+    def statuses(self, value: str) -> tuple[int, int]:
+        """(rows matching with 1, rows matching with 0) for header *value*."""
+        if value == "*":
+            ones, zeros = self.exact_all, self.na
+        elif value == "N/A":
+            ones, zeros = 0, self.exact_all | self.na
+        else:
+            ones, zeros = self.exact.get(value, 0), self.na
+        for matcher, mask in self.special.values():
+            status = matcher.match(value)
+            if status == 1:
+                ones |= mask
+            elif status == 0:
+                zeros |= mask
+        return ones, zeros
+
+
+class MatchSelector(Selector):
+    """Parameter tuple -> choice, with validation, weighting, ties and fallback."""
+
+    short_name = "Match"
+
+    def __init__(self, parameters: Any, selections: dict[Any, Any], settings: RmapSettings):
+        super().__init__(parameters, selections, settings)
+        self.choices = [choice for _, choice in self.selections]
+        self.all_rows = (1 << len(self.selections)) - 1
+        self.columns = [_Column(name, self.parkey_map[name]) for name in self.parameters]
+        for row, key in enumerate(self.keys):
+            bit = 1 << row
+            for column, value in zip(self.columns, key, strict=False):
+                column.add(value, bit)
+        self._merged: dict[tuple[int, ...], Any] = {}
+        self._lock = threading.Lock()
+
+    def condition_key(self, key: Any) -> tuple[str, ...]:
+        if isinstance(key, tuple):
+            return tuple(_condition_element(element) for element in key)
+        return (_condition_element(key),)
+
+    def validate_header(self, header: Mapping[str, Any], memo: Memo) -> Any:
+        for column in self.columns:
+            value = header.get(column.name, "UNDEFINED")
+            if value in column.valid_set or column.lenient:
+                continue
+            self._validate_value(column.name, value, column.valid)
+        return header
+
+    def _validate_value(self, name: str, value: Any, valid: list[str]) -> None:
+        """crds' runtime value check, including its odd corners (NOT prefixes, substitutions)."""
+        if value in valid or condition_value(value) in valid:
+            return
+        if "*" in valid or "ANY" in valid or "N/A" in valid or not valid:
+            return
+        if value.startswith("NOT"):
+            self._validate_value(name, value[len("NOT"):].strip(), valid)
+            return
+        if is_esoteric(value) or value in ("*", "ANY", "N/A"):
+            return
+        if len(valid) == 1 and ":" in valid[0]:
+            low, high = (float(x) for x in valid[0].split(":"))
+            if low <= float(value) <= high:
+                return
+            raise ValidationError(
+                " parameter=" + repr(name) + " value =" + repr(value)
+                + " is not in range [" + str(low) + " .. " + str(high) + "]"
+            )
+        substitutions = self.settings.substitutions
+        if name in substitutions and value in substitutions[name]:
+            self._validate_value(name, substitutions[name][value], valid)
+            return
+        raise ValidationError(
+            " parameter=" + repr(name) + " value=" + repr(value) + " is not in " + repr(valid)
+        )
+
+    def candidates(self, header: Any, _unused: Any = None) -> Any:
+        """Yield the choice of each weight group, best first; then fail with No match found."""
+        for rows in self._weight_groups(header):
+            if len(rows) > 1:
+                if not self.settings.merge_overlaps:
+                    raise AmbiguousMatchError("More than one match clause matched.")
+                yield self._combine(rows)
+            else:
+                yield self.choices[rows[0]]
+        raise MatchingError("No match found.")
+
+    def _weight_groups(self, header: Mapping[str, Any]) -> list[tuple[int, ...]]:
+        alive = self.all_rows
+        positives: list[int] = []
+        for column in self.columns:
+            ones, zeros = column.statuses(header.get(column.name, "UNDEFINED"))
+            alive &= ones | zeros
+            if not alive:
+                return []
+            positives.append(ones)
+        groups: dict[int, list[int]] = {}
+        row = 0
+        remaining = alive
+        while remaining:
+            if remaining & 1:
+                bit = 1 << row
+                weight = sum(1 for ones in positives if ones & bit)
+                groups.setdefault(weight, []).append(row)
+            remaining >>= 1
+            row += 1
+        return [tuple(groups[w]) for w in sorted(groups, reverse=True)]
+
+    def _combine(self, rows: tuple[int, ...]) -> Any:
+        choices = [self.choices[row] for row in rows]
+        if not isinstance(choices[0], Selector):
+            return tuple(choices)
+        merged = self._merged.get(rows)
+        if merged is None:
+            combined = choices[0]
+            for other in choices[1:]:
+                combined = combined.merge(other)
+            with self._lock:
+                merged = self._merged.setdefault(rows, combined)
+        return merged
+
+    def match_values(self) -> dict[str, set[Any]]:
+        values = super().match_values()
+        for key in self.keys:
+            for name, value in zip(self.parameters, key, strict=False):
+                values.setdefault(name, set()).add(value)
+        return values
+
+
+def _condition_element(element: Any) -> str:
+    if isinstance(element, str):
+        if (element.startswith("{") and element.endswith("}")) or (
+            element.startswith("(") and element.endswith(")")
+        ):
+            return element
+        if "|" in element:
+            return "|".join(condition_value(part) for part in glob_parts(element))
+        return condition_value(element)
+    if isinstance(element, (tuple, list)):
+        return "|".join(condition_value(part) for part in element)
+    return condition_value(element)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class UseAfterSelector(Selector):
+    """Greatest date key <= the dataset date, compared as strings (crds' behaviour)."""
+
+    short_name = "UseAfter"
+    error_class: type[SelectorLookupError] = UseAfterError
+
+    def get_parkey_map(self) -> dict[str, Any]:
+        return {par: "*" for par in self.parameters}
+
+    def validate_header(self, header: Mapping[str, Any], memo: Memo) -> Any:
+        raw = self._raw_date(header)
+        return _reformat_cached(raw, self.parameters, self.short_name, memo)
+
+    def _raw_date(self, header: Mapping[str, Any]) -> str:
+        parts = []
+        for par in self.parameters:
+            value = header[par].strip()
+            if value == "UNDEFINED":
+                raise InvalidDatetimeError("UseAfter parameter", repr(par), "is UNDEFINED.")
+            parts.append(value)
+        return " ".join(parts)
+
+    def candidates(self, date: Any, header: Any) -> Any:
+        index = bisect_right(self.keys, date) - 1
+        if index < 0:
+            raise self.error_class("No selection <= " + repr(date))
+        yield self.selections[index][1]
+
+    def merge(self, other: Any) -> Selector:
+        if not isinstance(other, UseAfterSelector):
+            raise AmbiguousMatchError(
+                "More than one match was found at the same weight and "
+                + self.short_name + " does not support merging."
+            )
+        merged: list[tuple[Any, Any]] = []
+        mine, theirs = list(self.selections), list(other.selections)
+        i = j = 0
+        while i < len(mine) and j < len(theirs):
+            own, oth = mine[i], theirs[j]
+            if own[0] < oth[0]:
+                merged.append(own)
+                i += 1
+            elif oth[0] < own[0]:
+                merged.append(oth)
+                j += 1
+            else:  # same date: the greater filename wins (own on equality)
+                merged.append(own if own[1] >= oth[1] else oth)
+                i += 1
+                j += 1
+        merged.extend(mine[i:])
+        merged.extend(theirs[j:])
+        return type(self)(self.parameters, None, self.settings, merged=merged)
+
+
+def _reformat_cached(raw: str, parameters: tuple[str, ...], short_name: str, memo: Memo) -> str:
+    cached = memo.get(("date", raw))
+    if cached is not None:
+        return cached
+    try:
+        result = reformat_date(raw)
+    except Exception as exc:
+        raise ValidationError(
+            short_name, "Invalid date/time format for", repr(parameters),
+            "value =", repr(raw), "exception is", repr(str(exc)),
+        ) from exc
+    memo[("date", raw)] = result
+    return result
+
+
+class VersionAfterSelector(UseAfterSelector):
+    """Greatest version key <= the dataset's software version (3-int tuples)."""
+
+    short_name = "VersionAfter"
+    error_class = VersionAfterError
+
+    def condition_key(self, key: Any) -> tuple[int, ...]:
+        return _version_tuple(key)
+
+    def validate_header(self, header: Mapping[str, Any], memo: Memo) -> Any:
+        raw = "|".join(glob_parts(".".join(header[par] for par in self.parameters)))
+        return _version_tuple(raw)
+
+
+def _version_tuple(version: Any) -> tuple[int, ...]:
+    if not (isinstance(version, str) and _VERSION.match(version)):
+        raise AssertionError("Invalid version string " + repr(version))
+    parts = _VERSION.match(version).group(1).split(".")  # type: ignore[union-attr]
+    numbers = tuple(int(x, base=10) for x in parts[:3])
+    return numbers + (0,) * (3 - len(numbers))
+
+
+class ClosestTimeSelector(UseAfterSelector):
+    """The date key nearest in absolute time (single precision, earliest key on ties)."""
+
+    short_name = "ClosestTime"
+
+    def candidates(self, date: Any, header: Any) -> Any:
+        target = parse_date(date)
+        deltas = [_float32(abs((target - parse_date(key)).total_seconds())) for key in self.keys]
+        yield self.selections[deltas.index(min(deltas))][1]
+
+
+class GeometricallyNearestSelector(Selector):
+    """The numeric key nearest the header value (single precision, first on ties)."""
+
+    short_name = "GeometricallyNearest"
+
+    def condition_key(self, key: Any) -> str:
+        return condition_value(key)
+
+    def validate_header(self, header: Mapping[str, Any], memo: Memo) -> Any:
+        return _number(self.short_name, self.parameters[0], header[self.parameters[0]])
+
+    def candidates(self, value: float, header: Any) -> Any:
+        target = _float32(value)
+        deltas = [abs(_float32(_float32(float(key)) - target)) for key in self.keys]
+        yield self.selections[deltas.index(min(deltas))][1]
+
+
+class BracketSelector(Selector):
+    """The pair of choices bracketing the header value (exact key -> the same choice twice)."""
+
+    short_name = "Bracket"
+
+    def get_parkey_map(self) -> dict[str, Any]:
+        return {}
+
+    def validate_header(self, header: Mapping[str, Any], memo: Memo) -> Any:
+        return _number(self.short_name, self.parameters[0], header[self.parameters[0]])
+
+    def candidates(self, value: float, header: Any) -> Any:
+        index = 0
+        count = len(self.selections)
+        while index < count and value > self.keys[index]:
+            index += 1
+        if index == count:
+            low = high = count - 1
+        elif index == 0 or value == self.keys[index]:
+            low = high = index
+        else:
+            low, high = index - 1, index
+        yield _Bracket(self.selections[low][1], self.selections[high][1], low == high)
+
+    def choose(self, header: Mapping[str, Any], memo: Memo) -> Any:
+        self._check_defined(header)
+        lookup = self.validate_header(header, memo)
+        last: Exception | None = None
+        for pair in self.candidates(lookup, header):
+            try:
+                first = choose_value(pair.low, header, memo)
+                second = first if pair.same else choose_value(pair.high, header, memo)
+                return (first, second)
+            except SelectorLookupError as exc:
+                last = exc
+        more = " last exception: " + str(last) if last else ""
+        raise SelectorLookupError("All lookup attempts failed." + more)
+
+
+class _Bracket:
+    __slots__ = ("low", "high", "same")
+
+    def __init__(self, low: Any, high: Any, same: bool) -> None:
+        self.low, self.high, self.same = low, high, same
+
+
+def _number(short_name: str, name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ValidationError(
+            short_name, "Invalid number for", repr(name), "value =", repr(value)
+        ) from exc
+
+
+class VersionRelation:
+    """``<X``, ``=X``, ``==X``, ``X`` or ``default``; X a number or tuple literal."""
+
+    __slots__ = ("text", "relation", "version")
+
+    def __init__(self, text: Any) -> None:
+        self.text = str(text)
+        if self.text.replace("=", "").strip() == "default":
+            self.relation, self.version = "=", sys.maxsize
+            return
+        if not self.text.startswith(("<", "=")):
+            self.text = "=" + self.text
+        relation = "<" if self.text.startswith("<") else "="
+        rest = self.text[2:] if self.text[:2] in ("<=", "==") else self.text[1:]
+        if self.text.startswith("<="):
+            relation = "<="
+        self.relation = relation
+        try:
+            self.version = ast.literal_eval(rest.strip())
+        except (ValueError, SyntaxError) as exc:
+            raise ValidationError("Invalid version expression in:", repr(self.text)) from exc
+
+    def _key(self, other: Any) -> tuple[tuple[Any, str], tuple[Any, str]]:
+        if not isinstance(other, VersionRelation):
+            other = VersionRelation(str(other))
+        numbers = (int, float)
+        if not (
+            (isinstance(self.version, numbers) and isinstance(other.version, numbers))
+            or isinstance(self.version, type(other.version))
+        ):
+            raise ValidationError(
+                "Incompatible version expression types:", str(self.version), "and",
+                str(other.version),
+            )
+        return (self.version, self.relation), (other.version, other.relation)
+
+    def __lt__(self, other: Any) -> bool:
+        mine, theirs = self._key(other)
+        return mine < theirs
+
+    def __eq__(self, other: object) -> bool:
+        mine, theirs = self._key(other)
+        return mine == theirs
+
+    def __hash__(self) -> int:
+        return hash((self.version, self.relation))
+
+    def __repr__(self) -> str:
+        return f"VersionRelation({self.text!r})"
+
+
+class SelectVersionSelector(Selector):
+    """The first relation not less than the header version (``default`` sorts last)."""
+
+    short_name = "SelectVersion"
+
+    def condition_key(self, key: Any) -> VersionRelation:
+        return key if isinstance(key, VersionRelation) else VersionRelation(key)
+
+    def get_parkey_map(self) -> dict[str, Any]:
+        return {}
+
+    def validate_header(self, header: Mapping[str, Any], memo: Memo) -> Any:
+        value = header[self.parameters[0]]
+        if value.replace("=", "").strip() != "default":
+            _number(self.short_name, self.parameters[0], value)
+        return value
+
+    def candidates(self, version: Any, header: Any) -> Any:
+        index = 0
+        while self.selections[index][0] < version:
+            index += 1
+        yield self.selections[index][1]
+
+
+SELECTOR_CLASSES: dict[str, Callable[..., Selector]] = {
+    "Match": MatchSelector,
+    "UseAfter": UseAfterSelector,
+    "VersionAfter": VersionAfterSelector,
+    "SelectVersion": SelectVersionSelector,
+    "ClosestTime": ClosestTimeSelector,
+    "GeometricallyNearest": GeometricallyNearestSelector,
+    "Bracket": BracketSelector,
+}

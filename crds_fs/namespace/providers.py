@@ -1,0 +1,305 @@
+"""The built-in top-level directories: mappings/, references/, config/ and .crds-fs/.
+
+mappings/<obs>/ and references/<obs>/ present the server catalog as a CRDS cache in "flat"
+mode (crds-reference 3.2): stat and listings come from the catalog, and only open() fetches
+bytes, through the cache layer.  config/<obs>/ holds what an unmodified crds reads from a
+cache (3.3, 3.7) so that `CRDS_PATH=<mount> CRDS_READONLY_CACHE=1` works without a network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pprint
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..client.names import file_kind
+from ..client.payload import crds_encode
+from ..errors import (
+    CrdsFsError,
+    NoSuchAttributeError,
+    NoSuchPathError,
+    OfflineError,
+    ServerUnreachableError,
+)
+from .base import (
+    XATTR_PREFIX,
+    Attrs,
+    BytesHandle,
+    FileHandle,
+    Handle,
+    LazyBytes,
+    Listing,
+    MountEnv,
+    Parts,
+    Provider,
+    is_write_open,
+    missing_xattr,
+)
+
+log = logging.getLogger(__name__)
+
+XATTR_SHA1 = XATTR_PREFIX + "sha1"
+XATTR_CACHED = XATTR_PREFIX + "cached"
+XATTR_URL = XATTR_PREFIX + "url"
+FILE_XATTRS = [XATTR_SHA1, XATTR_CACHED, XATTR_URL]
+
+
+class ObservatoryDirProvider(Provider):
+    """A provider whose directory holds exactly one subdirectory, the mount's observatory."""
+
+    def subdir_count(self) -> int:
+        return 1
+
+    def getattr(self, parts: Parts) -> Attrs:
+        if not parts:
+            return self.env.dir_attrs(1)
+        if parts[0] != self.env.observatory:
+            raise NoSuchPathError(f"{self.path(parts)}: no such file or directory "
+                                  f"(this mount serves {self.env.observatory})")
+        if len(parts) == 1:
+            return self.env.dir_attrs()
+        if len(parts) == 2:
+            return self.file_attrs(parts[1])
+        raise NoSuchPathError(f"{self.path(parts)}: no such file or directory")
+
+    def readdir(self, parts: Parts) -> Sequence[tuple[str, Attrs]]:
+        self.dir_parts(parts)
+        if not parts:
+            return [(self.env.observatory, self.env.dir_attrs())]
+        return Listing(self.names(), self.file_attrs)
+
+    # subclasses
+    def names(self) -> Sequence[str]:
+        """Sorted file names of the observatory directory."""
+        raise NotImplementedError
+
+    def file_attrs(self, name: str) -> Attrs:
+        raise NotImplementedError
+
+
+class CatalogProvider(ObservatoryDirProvider):
+    """`mappings/<obs>/` or `references/<obs>/`: every catalog file of one kind."""
+
+    def __init__(self, env: MountEnv, kind: str) -> None:
+        super().__init__(env)
+        self.kind = kind
+        self.name = kind + "s"
+
+    def names(self) -> Sequence[str]:
+        catalog = self.env.cache.catalog
+        return catalog.mappings() if self.kind == "mapping" else catalog.references()
+
+    def _info(self, name: str) -> Any:
+        catalog = self.env.cache.catalog
+        info = catalog.get(name)
+        if info is None or catalog.kind(name) != self.kind:
+            raise NoSuchPathError(
+                f"{self.name}/{self.env.observatory}/{name}: not in the {self.env.observatory} "
+                f"catalog of {self.env.cache.settings.server_url}"
+            )
+        return info
+
+    def file_attrs(self, name: str) -> Attrs:
+        return self.env.file_attrs(self._info(name).size)
+
+    def open(self, parts: Parts, flags: int) -> Handle:
+        self.file_parts(parts)
+        if is_write_open(flags):
+            raise self.refuse("open for writing", parts)
+        name = parts[1]
+        cache = self.env.cache
+        try:
+            local = cache.ensure(name)
+            fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
+        except (OfflineError, ServerUnreachableError) as exc:
+            log.error("cannot open %s: not cached and the CRDS server %s is unreachable: %s",
+                      self.path(parts), cache.settings.server_url, exc)
+            raise
+        except CrdsFsError as exc:
+            log.error("cannot open %s: %s", self.path(parts), exc)
+            raise
+        except OSError as exc:
+            log.error("cannot open %s: cached copy unreadable: %s", self.path(parts), exc)
+            raise
+        return FileHandle(fd, name)
+
+    def getxattr(self, parts: Parts, name: str) -> bytes:
+        if len(parts) < 2:  # directories carry no crds attributes
+            return super().getxattr(parts, name)
+        self.getattr(parts)
+        file = parts[1]
+        if name == XATTR_SHA1:
+            return self._info(file).sha1.encode()
+        if name == XATTR_CACHED:
+            return b"yes" if self.env.cache.is_cached(file) else b"no"
+        if name == XATTR_URL:
+            return file_url(self.env, file).encode()
+        raise missing_xattr(self.path(parts), name)
+
+    def listxattr(self, parts: Parts) -> list[str]:
+        self.getattr(parts)
+        return list(FILE_XATTRS) if len(parts) == 2 else []
+
+
+def file_url(env: MountEnv, name: str) -> str:
+    """Download URL of *name* as the server info advertises it (crds-reference 2.1).
+
+    Computed from the stored server info, never by asking the server, so the xattr works
+    offline too.
+    """
+    field = {"mapping": "mapping_url", "reference": "reference_url",
+             "config": "config_url"}[file_kind(name)]
+    bases = env.cache.server_info.get(field)
+    if isinstance(bases, dict) and "unchecked" in bases:  # legacy server info layout
+        bases = bases["unchecked"]
+    base = bases.get(env.observatory) if isinstance(bases, dict) else None
+    if not base:
+        raise NoSuchAttributeError(
+            f"{name}: the server info advertises no {field} for {env.observatory}")
+    base = str(base)
+    return (base if base.endswith("/") else base + "/") + name
+
+
+# --- config/<obs>/ --------------------------------------------------------------------------
+
+
+class ConfigProvider(ObservatoryDirProvider):
+    """`config/<obs>/`: server_config, bad_files.txt and ref_cache_subdir_mode for crds."""
+
+    name = "config"
+
+    def __init__(self, env: MountEnv) -> None:
+        super().__init__(env)
+        self.files: dict[str, LazyBytes] = {
+            "bad_files.txt": LazyBytes(self._bad_files),
+            "ref_cache_subdir_mode": LazyBytes(lambda: b"flat\n"),
+            "server_config": LazyBytes(self._server_config),
+        }
+
+    def names(self) -> Sequence[str]:
+        return sorted(self.files)
+
+    def file_attrs(self, name: str) -> Attrs:
+        content = self.files.get(name)
+        if content is None:
+            raise NoSuchPathError(f"config/{self.env.observatory}/{name}: no such file")
+        return self.env.file_attrs(len(content.get()))
+
+    def open(self, parts: Parts, flags: int) -> Handle:
+        self.file_parts(parts)
+        if is_write_open(flags):
+            raise self.refuse("open for writing", parts)
+        return BytesHandle(self.files[parts[1]].get())
+
+    def _bad_files(self) -> bytes:
+        bad = self.env.cache.server_info.get("bad_files_list") or []
+        return "".join(f"{name}\n" for name in bad).encode()
+
+    def _server_config(self) -> bytes:
+        started = time.perf_counter()
+        info = server_config(self.env)
+        text = pprint.pformat(info, width=100) + "\n"
+        log.debug("config/%s/server_config built in %.3fs (%d bytes)", self.env.observatory,
+                  time.perf_counter() - started, len(text))
+        return text.encode()
+
+
+def server_config(env: MountEnv) -> dict[str, Any]:
+    """The server info a crds cache would hold for this mount (crds-reference 1.6, 3.3).
+
+    `operational_context` is the mount's context, so crds without an explicit context
+    uses what the mount was asked to serve; `download_metadata` carries the whole catalog
+    so crds never needs the server to verify anything.
+    """
+    cache = env.cache
+    catalog = cache.catalog
+    info: dict[str, Any] = dict(cache.server_info)
+    info.pop("download_metadata", None)
+    records = {}
+    for name in catalog.mappings() + catalog.references():
+        entry = catalog.get(name)
+        records[name] = {"sha1sum": entry.sha1 or "none", "size": str(entry.size)}
+    info.update(
+        observatory=env.observatory,
+        operational_context=env.context,
+        bad_files_list=list(info.get("bad_files_list") or []),
+        mappings=list(catalog.mappings()),
+        force_remote_mode=0,
+        last_synced=str(info.get("last_synced") or _stamp(env.epoch_ns)),
+        download_metadata=crds_encode(records),
+        server=cache.settings.server_url,
+        status="cache",
+        connected=False,
+    )
+    info.setdefault("edit_context", env.context)
+    info.setdefault("versions_context", "")
+    info.setdefault("context_history", [])
+    return _plain(info)
+
+
+def _stamp(epoch_ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_ns / 1e9))
+
+
+def _plain(value: Any) -> Any:
+    """Only Python literals (dict/list/str/int/float/bool/None) so crds' literal_eval works."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+# --- .crds-fs/ --------------------------------------------------------------------------------
+
+
+class ControlProvider(Provider):
+    """`.crds-fs/stats`: a JSON snapshot of the mount and the cache, made at each open."""
+
+    name = ".crds-fs"
+
+    def __init__(self, env: MountEnv) -> None:
+        super().__init__(env)
+        self.files: dict[str, Callable[[], bytes]] = {"stats": self._stats}
+
+    def getattr(self, parts: Parts) -> Attrs:
+        if not parts:
+            return self.env.dir_attrs()
+        if len(parts) == 1 and parts[0] in self.files:
+            return self.env.file_attrs(len(self.files[parts[0]]()))
+        raise NoSuchPathError(f"{self.path(parts)}: no such file")
+
+    def readdir(self, parts: Parts) -> Sequence[tuple[str, Attrs]]:
+        self.dir_parts(parts)
+        return [(name, self.getattr((name,))) for name in sorted(self.files)]
+
+    def open(self, parts: Parts, flags: int) -> Handle:
+        self.file_parts(parts)
+        if is_write_open(flags):
+            raise self.refuse("open for writing", parts)
+        return BytesHandle(self.files[parts[0]](), volatile=True)
+
+    def _stats(self) -> bytes:
+        return (json.dumps(self.env.status(), indent=1, sort_keys=True, default=str)
+                + "\n").encode()
+
+
+def register_builtin_providers() -> None:
+    """Register the four built-in directories (idempotent)."""
+    from .registry import is_registered, register_provider
+
+    builtins: dict[str, Callable[[MountEnv], Provider]] = {
+        "mappings": lambda env: CatalogProvider(env, "mapping"),
+        "references": lambda env: CatalogProvider(env, "reference"),
+        "config": ConfigProvider,
+        ".crds-fs": ControlProvider,
+    }
+    for name, factory in builtins.items():
+        if not is_registered(name):
+            register_provider(name, factory)

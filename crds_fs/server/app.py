@@ -1,0 +1,267 @@
+"""The ASGI app of `crds-fs serve`: JSON-RPC under /json/ and static files under
+/unchecked_get/, the two URL families a crds client uses.
+
+Routes:
+
+- ``POST /json/`` and any path below it (crds posts to ``/json/<method>/<id>/``); the method
+  comes from the body.  The observatory answered for is the server default (see
+  `default_observatory`).
+- ``POST /<obs>/json/...``: the same, for observatory <obs>.  With several observatories
+  under ROOT, point crds at ``http://HOST:PORT/<obs>``; crds then also guesses the
+  observatory from the URL.
+- ``GET|HEAD /unchecked_get/{mappings,references,config}/<obs>/<name>``: file downloads with
+  Content-Length, ETag (the file's sha1) and Range (206) support, streamed from disk.
+- ``GET /``: a small JSON description of what is served.
+
+JSON-RPC errors are answered with HTTP 200 and an error envelope, because crds' client
+turns any HTTP error status into a message without the server's explanation.  Requests the
+RPC layer cannot even parse get 400 (bad JSON) or 413 (body too large), still with an
+envelope.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..client.names import is_safe_basename
+from ..errors import CrdsFsError
+from .methods import Env, dispatch, error_name
+from .store import DIR_KINDS, FileRecord, ServedRoot
+
+log = logging.getLogger("crds_fs.server")
+
+MAX_BODY = 16 * 1024 * 1024
+
+
+@dataclass
+class ServerOptions:
+    """Settings of one running server (from the `crds-fs serve` command line)."""
+
+    observatory: str | None = None
+    datasets: Path | None = None
+    public_url: str | None = None
+    max_body: int = MAX_BODY
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BigChunkFileResponse(FileResponse):
+    # Starlette reads 64 KiB per thread hop; 1 MiB keeps multi-GB downloads fast.
+    chunk_size = 1024 * 1024
+
+
+def create_app(store: ServedRoot, options: ServerOptions | None = None) -> ASGIApp:
+    """The complete ASGI application (with one-line-per-request logging)."""
+    opts = options or ServerOptions()
+    server = _Server(store, opts)
+    routes = [
+        Route("/", server.index, methods=["GET", "HEAD"]),
+        Route("/json", server.rpc, methods=["POST"]),
+        Route("/json/{rest:path}", server.rpc, methods=["POST"]),
+        Route("/{obs}/json/{rest:path}", server.rpc, methods=["POST"]),
+        Route("/unchecked_get/{kind}/{obs}/{name}", server.download, methods=["GET", "HEAD"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: _not_found})
+    app.router.redirect_slashes = False  # 'name/' is not a file; say so instead of redirecting
+    return AccessLog(app)
+
+
+class _Server:
+    """Request handlers bound to one served folder."""
+
+    def __init__(self, store: ServedRoot, options: ServerOptions) -> None:
+        self.store = store
+        self.options = options
+
+    def default_observatory(self) -> str | None:
+        """--observatory if given, else the only (or alphabetically first) one served."""
+        if self.options.observatory:
+            return self.options.observatory
+        served = self.store.observatories
+        return served[0] if served else None
+
+    def base_url(self, request: Request) -> str:
+        if self.options.public_url:
+            return self.options.public_url.rstrip("/")
+        return str(request.base_url).rstrip("/")
+
+    async def index(self, request: Request) -> Response:
+        return JSONResponse({
+            "server": "crds-fs serve",
+            "observatories": self.store.observatories,
+            "default_observatory": self.default_observatory(),
+            "json_rpc": self.base_url(request) + "/json/",
+        })
+
+    # --- JSON-RPC -----------------------------------------------------------------------
+
+    async def rpc(self, request: Request) -> Response:
+        try:
+            raw = await _read_body(request, self.options.max_body)
+        except _BodyTooLarge:
+            return _fail(request, None, _error(
+                "RequestTooLarge", 413,
+                f"request body exceeds {self.options.max_body} bytes; send fewer items per "
+                "call"), status=413)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _fail(request, None, _error(
+                "ParseError", -32700, f"request body is not valid JSON: {exc}"), status=400)
+        if not isinstance(body, dict) or "method" not in body:
+            return _fail(request, None, _error(
+                "InvalidRequest", -32600,
+                "request must be a JSON-RPC object with 'method', 'params' and 'id'"),
+                status=400)
+        request_id, method = body.get("id"), body.get("method")
+        request.state.rpc_method = method
+        observatory = request.path_params.get("obs") or self.default_observatory()
+        if observatory is None or observatory not in self.store.observatories:
+            return _fail(request, request_id, _error(
+                "ServiceError", 404,
+                f"observatory {observatory!r} is not served here; this server has "
+                f"{', '.join(self.store.observatories) or 'no observatory folders'}"))
+        env = Env(self.store, observatory, self.base_url(request), self.options.datasets)
+        try:
+            result = await run_in_threadpool(dispatch, env, method, body.get("params"))
+            payload = json.dumps(_ok(request_id, result)).encode("utf-8")
+        except CrdsFsError as exc:
+            return _fail(request, request_id, _error(error_name(exc), 500, str(exc)))
+        except Exception as exc:  # keep serving; the log has the traceback
+            log.exception("internal error in JSON-RPC %r", method)
+            return _fail(request, request_id, _error(
+                "InternalError", 500, f"internal server error in {method!r}: "
+                f"{type(exc).__name__}: {exc}"))
+        return Response(payload, media_type="application/json")
+
+    # --- static files -------------------------------------------------------------------
+
+    async def download(self, request: Request) -> Response:
+        kind_dir = request.path_params["kind"]
+        obs = request.path_params["obs"]
+        name = request.path_params["name"]
+        if not is_safe_basename(name) or not is_safe_basename(obs):
+            return PlainTextResponse(f"invalid file name {name!r}: plain names only\n", 400)
+        kind = DIR_KINDS.get(kind_dir)
+        if kind is None or obs not in self.store.observatories:
+            return PlainTextResponse(
+                f"no such folder {kind_dir}/{obs}/ on this server\n", 404)
+
+        def lookup() -> tuple[FileRecord | None, os.stat_result | None]:
+            self.store.refresh()
+            record = self.store.file(obs, kind, name)
+            if record is None:
+                return None, None
+            try:
+                return record, os.stat(record.path)
+            except OSError:
+                return None, None
+
+        record, stat = await run_in_threadpool(lookup)
+        if record is None or stat is None:
+            return PlainTextResponse(f"no file {kind_dir}/{obs}/{name} on this server\n", 404)
+        headers = {}
+        if (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns) and record.sha1:
+            headers["etag"] = f'"{record.sha1}"'  # else Starlette's size-mtime tag
+            if headers["etag"] in _etags(request.headers.get("if-none-match", "")):
+                return Response(status_code=304, headers=headers)
+        return _BigChunkFileResponse(record.path, stat_result=stat, headers=headers,
+                                     media_type="application/octet-stream")
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (before reading it all) anything over *limit* bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _ok(request_id: Any, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": "1.0", "id": request_id, "error": None, "result": result}
+
+
+def _error(name: str, code: int, message: str) -> dict[str, Any]:
+    return {"name": name, "code": code, "data": None, "message": f"{name}: {message}"}
+
+
+def _fail(request: Request, request_id: Any, error: dict[str, Any],
+          status: int = 200) -> Response:
+    """An error envelope; the access log line shows the message."""
+    request.state.rpc_error = error["message"]
+    body = {"jsonrpc": "1.0", "id": request_id, "result": None, "error": error}
+    return JSONResponse(body, status_code=status)
+
+
+def _loggable_path(scope: Scope) -> str:
+    """The request target as sent (still percent-encoded): no control characters in logs."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes):
+        return raw.decode("ascii", "backslashreplace")[:500]
+    return repr(scope.get("path", ""))[1:-1][:500]
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse(
+        f"no such URL {request.url.path!r} on this crds-fs server: it answers POST /json/, "
+        "POST /<obs>/json/ and GET /unchecked_get/<mappings|references|config>/<obs>/<name>\n",
+        status_code=404)
+
+
+class AccessLog:
+    """ASGI middleware: one INFO line per request (status, bytes, time, RPC method)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state: dict[str, Any] = scope.setdefault("state", {})
+        seen = {"status": 0, "bytes": 0}
+
+        async def logged_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                seen["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logged_send)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            method, error = state.get("rpc_method"), state.get("rpc_error")
+            log.info("%s:%s \"%s %s\" %d %dB %.1fms%s%s", client[0], client[1],
+                     scope["method"], _loggable_path(scope), seen["status"], seen["bytes"],
+                     (time.perf_counter() - started) * 1000,
+                     f" rpc={method!r}" if method is not None else "",
+                     f" error={error[:300]!r}" if error else "")

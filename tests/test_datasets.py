@@ -1,0 +1,245 @@
+"""Dataset headers (crds_fs.datasets) and `crds-fs serve --datasets` (dataset-ID RPCs).
+
+Real files written with astropy/asdf; the server is a real `crds-fs serve` subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from crds_fs import datasets as ds
+from crds_fs.client.rpc import CrdsClient
+from crds_fs.errors import DatasetError, ServiceError
+from crds_fs.server.datasets import DatasetIndex
+
+
+def write_fits(path: Path, primary: dict, sci: dict | None = None, shape=(64, 64)) -> Path:
+    """An HST-like raw file: keywords in the primary header, geometry in SCI extensions."""
+    hdus = [fits.PrimaryHDU()]
+    hdus[0].header.update(primary)
+    for ver in (1, 2):
+        ext = fits.ImageHDU(np.zeros(shape, dtype="i2"), name="SCI", ver=ver)
+        ext.header.update(sci or {})
+        hdus.append(ext)
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return path
+
+
+ACS = {"INSTRUME": "ACS", "DETECTOR": "WFC", "CCDAMP": "ABCD", "DATE-OBS": "2010-01-01",
+       "TIME-OBS": "00:00:00", "BIASCORR": "PERFORM", "FLSHCORR": False}
+
+
+# --- names ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "stem", "dataset_id"), [
+    ("j8is01j0q_raw.fits", "j8is01j0q_raw", "J8IS01J0Q"),
+    ("J8IS01J0Q_FLT.FITS", "J8IS01J0Q_FLT", "J8IS01J0Q"),
+    ("j8is01j0q.fits", "j8is01j0q", "J8IS01J0Q"),
+    ("jw01_00001_nrcb2_uncal.fits", "jw01_00001_nrcb2_uncal", "JW01_00001_NRCB2"),
+    ("r0001_wfi01_uncal.asdf", "r0001_wfi01_uncal", "R0001_WFI01"),
+    ("x_raw.fits.gz", "x_raw", "X"),
+])
+def test_dataset_names_and_ids(name: str, stem: str, dataset_id: str) -> None:
+    assert ds.is_dataset_file(name)
+    assert ds.dataset_name(name) == stem
+    assert ds.dataset_id(name) == dataset_id
+
+
+def test_non_dataset_names_and_id_forms() -> None:
+    assert not ds.is_dataset_file("notes.txt")
+    assert not ds.is_dataset_file(".fits")
+    assert ds.id_candidates("j8is01010:j8is01j0q") == ["J8IS01J0Q", "J8IS01010",
+                                                      "J8IS01010:J8IS01J0Q"]
+    assert ds.id_candidates("x:x") == ["X", "X:X"]
+    assert ds.is_valid_id("JW01_00001_NRCB2.x:y+1-2")
+    assert not ds.is_valid_id("a/b") and not ds.is_valid_id("x" * 129)
+
+
+# --- FITS -------------------------------------------------------------------------------
+
+
+def test_fits_header_union_limited_to_needed_keys(tmp_path: Path) -> None:
+    path = write_fits(tmp_path / "a_raw.fits", ACS, {"LTV1": 24.0, "DETECTOR": "HRC"})
+    needed = {"acs": ["INSTRUME", "DETECTOR", "LTV1", "NAXIS1", "FLSHCORR", "SHUTRPOS"]}
+    header = ds.read_header(path, needed)
+    # First value wins (primary DETECTOR), extension keys are found, values as crds str()s.
+    assert header == {"INSTRUME": "ACS", "DETECTOR": "WFC", "LTV1": "24.0", "NAXIS1": "64",
+                      "FLSHCORR": "False"}
+    assert ds.missing_keys(header, ds.needed_keys_for(needed, "ACS")) == ["SHUTRPOS"]
+    whole = ds.read_header(path)
+    assert whole["EXTNAME"] == "SCI" and whole["BITPIX"] == "8"
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+def test_fits_reads_headers_not_data(tmp_path: Path) -> None:
+    """Data is never read: a file cut short inside the first extension's data (so also
+    without its second extension) still gives the keys of the headers before the cut."""
+    path = write_fits(tmp_path / "cut_raw.fits", ACS, {"LTV1": 1.0}, shape=(512, 512))
+    header_bytes = 2 * 2880  # primary header + first SCI header, one block each
+    os.truncate(path, header_bytes + 1000)
+    header = ds.read_header(path, ["INSTRUME", "DETECTOR", "LTV1"])
+    assert header == {"INSTRUME": "ACS", "DETECTOR": "WFC", "LTV1": "1.0"}
+    with fits.open(path, lazy_load_hdus=True) as hdul, pytest.raises((OSError, ValueError,
+                                                                      TypeError)):
+        _ = hdul[1].data.sum()  # the data really is gone
+
+
+def test_fits_jwst_keeps_primary_for_model_paths(tmp_path: Path) -> None:
+    path = write_fits(tmp_path / "jw_uncal.fits",
+                      {"INSTRUME": "NIRCAM", "DETECTOR": "NRCB2", "EXP_TYPE": "NRC_IMAGE"})
+    header = ds.read_header(path, ["META.INSTRUMENT.NAME", "META.EXPOSURE.TYPE"])
+    assert header["INSTRUME"] == "NIRCAM" and header["EXP_TYPE"] == "NRC_IMAGE"
+
+
+@pytest.mark.parametrize("content", [b"", b"SIMPLE  = garbage" * 10, b"x" * 2880])
+def test_malformed_fits_is_a_dataset_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "broken_raw.fits"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match="broken_raw.fits"):
+        ds.read_header(path, ["INSTRUME"])
+
+
+def test_missing_instrument_and_missing_file(tmp_path: Path) -> None:
+    path = write_fits(tmp_path / "noinst_raw.fits", {"DETECTOR": "WFC"})
+    with pytest.raises(DatasetError, match="noinst_raw.fits.*no instrument keyword"):
+        ds.read_header(path, ["DETECTOR"])
+    assert ds.read_header(path, ["DETECTOR"], require_instrument=False) == {"DETECTOR": "WFC"}
+    with pytest.raises(DatasetError, match="does not exist"):
+        ds.read_header(tmp_path / "gone_raw.fits")
+
+
+# --- ASDF -------------------------------------------------------------------------------
+
+
+def test_asdf_meta_flattened(tmp_path: Path) -> None:
+    asdf = pytest.importorskip("asdf")
+    from astropy.time import Time
+
+    tree = {"roman": {"meta": {
+        "instrument": {"name": "WFI", "detector": "WFI01", "optical_element": "F158"},
+        "exposure": {"type": "WFI_IMAGE", "start_time": Time("2021-09-01T00:02:28")},
+        "flag": True, "ngroups": 6},
+        "data": np.zeros((32, 32), dtype="f4")}}
+    asdf.AsdfFile(tree).write_to(tmp_path / "r_wfi01_uncal.asdf")
+    header = ds.read_header(tmp_path / "r_wfi01_uncal.asdf")
+    assert header["ROMAN.META.INSTRUMENT.NAME"] == "WFI"
+    assert header["ROMAN.META.EXPOSURE.START_TIME"].startswith("2021-09-01T00:02:28")
+    assert header["ROMAN.META.FLAG"] == "True" and header["ROMAN.META.NGROUPS"] == "6"
+    assert not any(key.startswith("ROMAN.DATA") for key in header)
+    limited = ds.read_header(tmp_path / "r_wfi01_uncal.asdf",
+                             {"wfi": ["ROMAN.META.INSTRUMENT.DETECTOR"]})
+    assert limited == {"ROMAN.META.INSTRUMENT.NAME": "WFI",
+                       "ROMAN.META.INSTRUMENT.DETECTOR": "WFI01"}
+
+
+def test_broken_asdf_is_a_dataset_error(tmp_path: Path) -> None:
+    pytest.importorskip("asdf")
+    path = tmp_path / "bad_uncal.asdf"
+    path.write_text("#ASDF 1.0.0\n%YAML 1.1\n--- {unclosed: [\n")
+    with pytest.raises(DatasetError, match="bad_uncal.asdf"):
+        ds.read_header(path)
+
+
+# --- the server-side index --------------------------------------------------------------
+
+
+def test_index_persists_and_notices_changes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    path = write_fits(data / "j8is01j0q_raw.fits", ACS)
+    index = DatasetIndex(data, tmp_path / "idx", rescan_interval=0)
+    assert index.lookup("j8is01j0q").header["DETECTOR"] == "WFC"
+    assert index.lookup("J8IS01J0Q_RAW") is not None
+    stat = path.stat()
+    index.close()
+
+    # Same size and mtime but other bytes: a new index trusts the stored headers.
+    write_fits(path, {**ACS, "DETECTOR": "HRC"})
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    index = DatasetIndex(data, tmp_path / "idx", rescan_interval=0)
+    assert index.lookup("j8is01j0q").header["DETECTOR"] == "WFC"
+
+    # A real change (new mtime) is re-read; a removed file disappears; a new one appears.
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert index.lookup("j8is01j0q").header["DETECTOR"] == "HRC"
+    (data / "sub").mkdir()
+    write_fits(data / "sub" / "o8k401010_raw.fits", {**ACS, "INSTRUME": "STIS"})
+    assert index.lookup("O8K401010").instrument == "STIS"
+    path.unlink()
+    assert index.lookup("j8is01j0q") is None
+    index.close()
+
+
+# --- crds-fs serve --datasets -----------------------------------------------------------
+
+
+@pytest.fixture
+def dataset_dir(tmp_path: Path) -> Path:
+    data = tmp_path / "datasets"
+    data.mkdir()
+    write_fits(data / "j8is01j0q_raw.fits", ACS, {"LTV1": 24.0})
+    write_fits(data / "o8k401abq_raw.fits", {**ACS, "INSTRUME": "STIS", "DATE-OBS": "2001-01-01"})
+    (data / "broken_raw.fits").write_bytes(b"not a fits file at all")
+    return data
+
+
+@pytest.fixture
+def served(serve, demo_root: Path, dataset_dir: Path, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> CrdsClient:
+    monkeypatch.setenv("CRDS_FS_DATASETS_INDEX", str(tmp_path / "datasets-index"))
+    server = serve(demo_root, "--datasets", str(dataset_dir), "--index", str(tmp_path / "idx"))
+    with CrdsClient(server.url, retries=0) as client:
+        yield client
+
+
+def _context(client: CrdsClient) -> str:
+    return client.get_server_info()["operational_context"]
+
+
+def test_serve_headers_by_id(served: CrdsClient) -> None:
+    context = _context(served)
+    ids = ["j8is01j0q", "J8IS01J0Q:J8IS01J0Q", "o8k401abq", "nosuch", "broken"]
+    answer = served.get_dataset_headers_by_id(context, ids, None)
+    assert set(answer) == set(ids)
+    header = answer["j8is01j0q"]
+    assert header["INSTRUME"] == "ACS" and header["DETECTOR"] == "WFC"
+    assert answer["J8IS01J0Q:J8IS01J0Q"] == header
+    assert answer["o8k401abq"]["INSTRUME"] == "STIS"
+    assert answer["nosuch"].startswith("NOT FOUND") and "nosuch" in answer["nosuch"]
+    assert answer["broken"].startswith("NOT FOUND") and "broken_raw.fits" in answer["broken"]
+
+
+def test_serve_headers_hold_only_required_parameters(served: CrdsClient) -> None:
+    context = _context(served)
+    required = served.get_required_parkeys(context)
+    if not isinstance(required, dict) or "acs" not in required:
+        pytest.skip(f"demo context {context} has no ACS parameters to filter by")
+    header = served.get_dataset_headers_by_id(context, ["J8IS01J0Q"])["J8IS01J0Q"]
+    assert "BITPIX" not in header and "EXTNAME" not in header
+    assert set(header) <= set(required["acs"]) | set(ds.INSTRUMENT_KEYS)
+
+
+def test_serve_dataset_ids(served: CrdsClient, dataset_dir: Path) -> None:
+    context = _context(served)
+    assert served.call("get_dataset_ids", context, "acs", None) == ["J8IS01J0Q:J8IS01J0Q"]
+    everything = served.call("get_dataset_ids", context, None, None)
+    assert everything == ["J8IS01J0Q:J8IS01J0Q", "O8K401ABQ:O8K401ABQ"]
+    assert served.call("get_dataset_ids", context, None, "2005-01-01") == ["J8IS01J0Q:J8IS01J0Q"]
+    # A file added while serving is found on the next call.
+    write_fits(dataset_dir / "ja1b02ccq_raw.fits", ACS)
+    assert "JA1B02CCQ:JA1B02CCQ" in served.call("get_dataset_ids", context, "ACS", None)
+    assert "INSTRUME" in served.get_dataset_headers_by_id(context, ["ja1b02ccq"])["ja1b02ccq"]
+
+
+def test_serve_without_datasets_says_how(serve, demo_root: Path, tmp_path: Path) -> None:
+    server = serve(demo_root, "--index", str(tmp_path / "idx2"))
+    with CrdsClient(server.url, retries=0) as client, pytest.raises(ServiceError,
+                                                                      match="--datasets"):
+        client.get_dataset_headers_by_id("hst_9001.pmap", ["X"])
