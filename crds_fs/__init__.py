@@ -13,3 +13,17 @@ Layers (each a subpackage with one job):
 """
 
 __version__ = "0.1.0"
+
+#: The seed's Python API (crds_fs.api), importable from the package itself.
+_API = ("cache_best_references_for_dataset", "get_best_references", "cache_references",
+        "dump_mappings")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> object:
+    """Load crds_fs.api on first use: `import crds_fs` stays cheap for the CLI and server."""
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'crds_fs' has no attribute {name!r}")

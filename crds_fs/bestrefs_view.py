@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ from .errors import (
     ConfigError,
     CrdsFsError,
     DatasetError,
+    NoSuchPathError,
     ServerUnreachableError,
     ServiceError,
 )
@@ -136,9 +137,7 @@ class BestrefsResolver:
         with self._lock:
             loaded = self._contexts.get(context)
             if loaded is None:
-                from .engine import Context
-
-                loaded = Context.load(context, cache_loader(self.cache))
+                loaded = cache_source(self.cache).load_context(context)
                 self._contexts[context] = loaded
             return loaded
 
@@ -165,44 +164,49 @@ class BestrefsResolver:
     # --- answers ----------------------------------------------------------------------------
 
     def best_references(
-        self, context: str, headers: Mapping[str, Mapping[str, str]]
+        self, context: str, headers: Mapping[str, Mapping[str, str]],
+        reftypes: Iterable[str] | None = None,
     ) -> dict[str, Outcome]:
         """{key: Outcome} for every header of *headers* ({key: header}) under *context*.
 
         Stored answers are reused; the rest are decided in batches (remote) or one by one
         (local).  A header's failure is its own Outcome.error, never an exception.
         """
+        types = sorted({t.lower() for t in reftypes}) if reftypes is not None else None
         results: dict[str, Outcome] = {}
         todo: dict[str, tuple[str, Mapping[str, str]]] = {}
         for key, header in headers.items():
-            answer_key = self.answer_key(context, header)
+            answer_key = self.answer_key(context, header, types)
             stored = self.db.get(answer_key)
             if stored is not None:
                 results[key] = Outcome.from_state(stored)
             else:
                 todo[key] = (answer_key, header)
         if todo:
-            computed = self._decide(context, {k: h for k, (_, h) in todo.items()})
+            computed = self._decide(context, {k: h for k, (_, h) in todo.items()}, types)
             for key, outcome in computed.items():
                 results[key] = outcome
                 if outcome.error is None:  # errors may be transient (offline, server down)
                     self.db.set(todo[key][0], outcome.to_state())
         return results
 
-    def answer_key(self, context: str, header: Mapping[str, str]) -> str:
-        """Index key of one answer: the context, the engine mode and the header values."""
-        text = json.dumps([context, self.engine, sorted(header.items())], separators=(",", ":"))
+    def answer_key(self, context: str, header: Mapping[str, str],
+                   reftypes: list[str] | None = None) -> str:
+        """Index key of one answer: context, engine mode, reftypes asked, header values."""
+        text = json.dumps([context, self.engine, reftypes, sorted(header.items())],
+                          separators=(",", ":"))
         return f"{_KEY}answer:" + hashlib.sha1(text.encode("utf-8")).hexdigest()
 
-    def _decide(self, context: str, headers: dict[str, Mapping[str, str]]) -> dict[str, Outcome]:
+    def _decide(self, context: str, headers: dict[str, Mapping[str, str]],
+                reftypes: list[str] | None) -> dict[str, Outcome]:
         if self.use_remote():
             try:
-                return self._remote(context, headers)
+                return self._remote(context, headers, reftypes)
             except ServerUnreachableError as exc:
                 if self.engine == "remote":
                     return {key: Outcome({}, "remote", str(exc)) for key in headers}
                 self._server_failed(exc)
-        return {key: self._local(context, header) for key, header in headers.items()}
+        return {key: self._local(context, header, reftypes) for key, header in headers.items()}
 
     def max_per_rpc(self) -> int:
         value = self.cache.server_info.get("max_bestrefs_per_rpc")
@@ -211,7 +215,8 @@ class BestrefsResolver:
         except (TypeError, ValueError):
             return DEFAULT_MAX_PER_RPC
 
-    def _remote(self, context: str, headers: dict[str, Mapping[str, str]]) -> dict[str, Outcome]:
+    def _remote(self, context: str, headers: dict[str, Mapping[str, str]],
+                reftypes: list[str] | None) -> dict[str, Outcome]:
         """Batched get_best_references_by_header_map; a batch refused as a whole is retried
         header by header so one bad header cannot hide the others' answers."""
         client = self.cache.client
@@ -221,12 +226,12 @@ class BestrefsResolver:
         for start in range(0, len(keys), step):
             batch = {key: dict(headers[key]) for key in keys[start: start + step]}
             try:
-                answer = client.get_best_references_by_header_map(context, batch)
+                answer = client.get_best_references_by_header_map(context, batch, reftypes)
             except ServiceError:
                 answer = {}
                 for key, header in batch.items():
                     try:
-                        answer[key] = client.get_best_references(context, header)
+                        answer[key] = client.get_best_references(context, header, reftypes)
                     except ServiceError as exc:
                         answer[key] = _service_message(exc)
             for key in batch:
@@ -234,12 +239,13 @@ class BestrefsResolver:
                 results[key] = _remote_outcome(value, key)
         return results
 
-    def _local(self, context: str, header: Mapping[str, str]) -> Outcome:
+    def _local(self, context: str, header: Mapping[str, str],
+               reftypes: list[str] | None = None) -> Outcome:
         settings = self.cache.settings
         try:
             loaded = self.local_context(context)
             bestrefs = loaded.best_references(
-                dict(header), bad_files=self.cache.catalog.bad_files,
+                dict(header), reftypes, bad_files=self.cache.catalog.bad_files,
                 allow_bad_references=settings.allow_bad_references,
                 allow_bad_rules=settings.allow_bad_rules,
             )
@@ -267,14 +273,15 @@ def _remote_outcome(value: Any, key: str) -> Outcome:
     return Outcome({}, "remote", f"the server returned no answer for '{key}'")
 
 
-def cache_loader(cache: FileCache) -> Callable[[str], str]:
-    """Mapping loader for the engine over the cache (fetching missing mappings)."""
-    from . import sources
+def cache_source(cache: FileCache) -> Any:
+    """The engine's mapping source over the cache: mappings are fetched (verified) on first
+    use and built ones are shared process-wide per cache folder."""
+    from .sources import callable_source
 
-    factory = getattr(sources, "cache_loader", None) or getattr(sources, "fetcher_loader", None)
-    if factory is not None:
-        return factory(cache)
-    raise ConfigError("crds_fs.sources has no loader over the cache yet")
+    identity = ("crds-fs-cache", str(cache.store.root), cache.observatory)
+    return callable_source(cache.ensure, identity,
+                           f"crds-fs cache {cache.store.root} ({cache.observatory})",
+                           cache.catalog.bad_files)
 
 
 # --- the datasets of the bestrefs/ view ---------------------------------------------------
@@ -372,6 +379,7 @@ class BestrefsView:
         self._missing_ids: dict[str, float] = {}
         self._folder: dict[str, Path] = {}
         self._folder_scanned = -1.0e9
+        self._prefetched: set[str] = set()
         self._registered_key = f"{_KEY}registered:{self.observatory}"
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -461,10 +469,10 @@ class BestrefsView:
 
     def register(self, name: str, target: str) -> Path:
         """Remember *target* (a dataset file) as bestrefs/<name>; returns the resolved file."""
-        path = self._register_target(target)
         if not name or name.startswith(".") or "/" in name or not ds.is_valid_id(name):
-            raise DatasetError(f"bestrefs/{name}: not a usable dataset name "
-                               "(letters, digits and . _ : + - only, not starting with '.')")
+            raise ConfigError(f"bestrefs/{name}: not a usable dataset name "
+                              "(letters, digits and . _ : + - only, not starting with '.')")
+        path = self._register_target(target)
         if name in self.folder_datasets():
             raise FileExistsDatasetError(
                 f"bestrefs/{name} already exists: it comes from the --datasets folder")
@@ -497,13 +505,13 @@ class BestrefsView:
     def _register_target(self, target: str) -> Path:
         if not os.path.isabs(target):
             if self.mountpoint is None:
-                raise DatasetError(f"ln -s {target}: use an absolute path to the dataset file")
+                raise ConfigError(f"ln -s {target}: use an absolute path to the dataset file")
             target = os.path.join(self.mountpoint, "bestrefs", target)
         path = Path(os.path.realpath(target))
         if self.mountpoint and path.is_relative_to(self.mountpoint):
-            raise DatasetError(f"ln -s {target}: the dataset must live outside the mount")
+            raise ConfigError(f"ln -s {target}: the dataset must live outside the mount")
         if not path.is_file():
-            raise DatasetError(f"ln -s {target}: no such dataset file")
+            raise NoSuchPathError(f"ln -s {target}: no such dataset file")
         return path
 
     # --- headers ------------------------------------------------------------------------------
@@ -580,6 +588,7 @@ class BestrefsView:
             if cached is not None and cached[0] == stamp:
                 return cached[1]
             batch = [dataset, *self._neighbours(dataset, context)]
+            self._prefetch_mappings(context)
             for answer in self._compute(context, batch):
                 if context == self._context:
                     self._answers[(context, answer.dataset.name)] = (
@@ -587,6 +596,27 @@ class BestrefsView:
                 if answer.dataset.name == dataset.name:
                     result = answer
             return result
+
+    def _prefetch_mappings(self, context: str) -> None:
+        """Cache the context's mappings in the background (once per context) while the
+        server answers, so the local engine can take over when it goes away."""
+        if context in self._prefetched or not self.cache.online:
+            return
+        self._prefetched.add(context)
+
+        def fetch() -> None:
+            try:
+                names = self.resolver.mapping_names(context)
+                for name in names:
+                    if self._stop.is_set():
+                        return
+                    self.cache.ensure(name)
+                log.info("bestrefs/: cached the %d mappings of %s for offline use",
+                         len(names), context)
+            except CrdsFsError as exc:
+                log.info("bestrefs/: could not cache the mappings of %s: %s", context, exc)
+
+        threading.Thread(target=fetch, daemon=True, name="crds-fs-bestrefs-mappings").start()
 
     def _neighbours(self, dataset: Dataset, context: str) -> list[Dataset]:
         """Other local datasets without an answer yet, decided in the same batch."""
@@ -615,7 +645,12 @@ class BestrefsView:
             except CrdsFsError as exc:
                 failed[dataset.name] = Answer(dataset, context, self._engine_name(),
                                               error=str(exc))
-        outcomes = self.resolver.best_references(context, headers) if headers else {}
+        try:
+            outcomes = self.resolver.best_references(context, headers) if headers else {}
+        except Exception as exc:  # noqa: BLE001 - one bad answer must not break the mount
+            log.exception("bestrefs/: deciding best references under %s failed", context)
+            error = f"{type(exc).__name__}: {exc}"
+            outcomes = {name: Outcome({}, self._engine_name(), error) for name in headers}
         for dataset in batch:
             if dataset.name in failed:
                 answers.append(failed[dataset.name])

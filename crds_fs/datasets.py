@@ -58,6 +58,9 @@ PRODUCT_SUFFIXES = frozenset(
     """.split()
 )
 
+#: Required parameters that are no dataset keyword (the imap's own parkey, crds-reference 1.5).
+_NOT_IN_DATA = frozenset({"REFTYPE"})
+
 #: Header keys that are never matching parameters (skipping them keeps headers small).
 _SKIPPED_KEYS = frozenset({"", "COMMENT", "HISTORY"})
 
@@ -217,7 +220,8 @@ def missing_keys(header: Mapping[str, str], needed: Collection[str] | None) -> l
     """Needed keys the header lacks (sorted): they will match as UNDEFINED."""
     if not needed:
         return []
-    return sorted(key for key in needed if key not in header and key not in INSTRUMENT_KEYS)
+    return sorted(key for key in needed
+                  if key not in header and key not in INSTRUMENT_KEYS and key not in _NOT_IN_DATA)
 
 
 def _limit(header: dict[str, str], needed: frozenset[str] | None) -> dict[str, str]:

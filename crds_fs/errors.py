@@ -86,7 +86,10 @@ class LookupFailure(CrdsFsError):
 
 
 class UnknownInstrumentError(LookupFailure):
-    """The header names an instrument the context does not know (crds: CrdsUnknownInstrumentError)."""
+    """The header names an instrument the context does not know.
+
+    crds calls this CrdsUnknownInstrumentError.
+    """
 
 
 class MissingInstrumentError(LookupFailure):

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import SHARED_DATA, ServerProcess, free_port  # noqa: F401
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.mounting"]  # mount fixtures (D2)
 
 
 @pytest.fixture(scope="session")

@@ -46,12 +46,14 @@ class _Fault:
 class FaultProxy:
     """Threaded forwarding proxy with test-controlled fault injection; a context manager."""
 
-    def __init__(self, upstream_url: str) -> None:
+    def __init__(self, upstream_url: str, *, port: int = 0) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"FaultProxy needs an http:// upstream URL, got {upstream_url!r}")
         self.upstream_host = parts.hostname
         self.upstream_port = parts.port or 80
+        #: 0 = any free port; a fixed one lets a test bring a "server" back at the same URL
+        self.listen_port = port
         self._lock = threading.Lock()
         self._fault: _Fault | None = None
         self._seen: list[tuple[str, str]] = []
@@ -70,7 +72,7 @@ class FaultProxy:
             return self
         self._stopping.clear()
         handler = type("_BoundHandler", (_Handler,), {"proxy": self})
-        server = _QuietServer(("127.0.0.1", 0), handler)
+        server = _QuietServer(("127.0.0.1", self.listen_port), handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},

@@ -56,7 +56,9 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"crds-fs serve did not come up on {self.url}: {self.log_path.read_text()}")
+        raise RuntimeError(
+            f"crds-fs serve did not come up on {self.url}: {self.log_path.read_text()}"
+        )
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

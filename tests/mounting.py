@@ -91,7 +91,10 @@ class MountProcess:
     def start(self, *more: str, check: bool = True, timeout: float = 90.0) -> MountProcess:
         """Run `crds-fs mount` (daemon mode); with *check*, fail the test if it fails."""
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
+        # only what the test says: crds (imported by other tests) sets CRDS_* variables
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("CRDS_") or k == "CRDS_FS_TESTING"}
+        env.update(self.env)
         self.result = subprocess.run(self.command(*more), capture_output=True, text=True,
                                      env=env, timeout=timeout)
         if self.result.returncode == 0:

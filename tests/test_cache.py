@@ -160,6 +160,9 @@ def test_reader_reads_and_pins(cache: FileCache, contents: dict) -> None:
         assert reader.read(10, 0) == contents[MID][:10]
         assert reader.read(100, 500_000) == contents[MID][500_000:500_100]
         assert reader.read(10, len(contents[MID])) == b""
+        buffer = bytearray(64)
+        assert reader.readinto(memoryview(buffer), 1000) == 64
+        assert bytes(buffer) == contents[MID][1000:1064]
         assert os.fstat(reader.fileno()).st_size == len(contents[MID])
         assert cache.stats()["open_readers"] == 1
     assert cache.stats()["open_readers"] == 0
@@ -326,3 +329,36 @@ def test_lru_eviction_keeps_pinned_and_mappings(
         # An evicted file comes back on demand.
         assert cache.ensure(MID).read_bytes() == contents[MID]
     assert proxy.count("GET", MID) == 2
+
+
+def test_reconnects_when_the_server_comes_back(
+    served: tuple[ServerProcess, dict], tmp_path: Path, contents: dict
+) -> None:
+    with FaultProxy(served[0].url) as first:
+        settings = cache_settings(first.url, tmp_path / "cache")
+        port = first.port
+        with FileCache.open(settings):
+            pass  # stores the catalog
+    # The "server" (our proxy) is down now: the cache opens offline.
+    with FileCache.open(settings) as cache:
+        assert cache.online is False
+        with pytest.raises(OfflineError, match="unreachable"):
+            cache.ensure(MID)  # the open just failed: no probe before the interval
+        cache.reconnect_interval = 0.0
+        with pytest.raises(OfflineError, match="unreachable"):
+            cache.ensure(MID)  # probes, still down
+        with FaultProxy(served[0].url, port=port):
+            assert cache.ensure(MID).read_bytes() == contents[MID]
+            assert cache.online is True and cache.stats()["online"] is True
+
+
+def test_cache_dir_is_a_crds_cache(cache: FileCache, settings: Settings) -> None:
+    import ast
+
+    config = Path(settings.cache_dir) / "config" / "hst"
+    info = ast.literal_eval((config / "server_config").read_text())
+    assert info["operational_context"] == "hst_0001.pmap"
+    assert info["bad_files_list"] == ["bbb00002j_bia.fits"]
+    assert "download_metadata" not in info
+    assert (config / "ref_cache_subdir_mode").read_text().strip() == "flat"
+    assert tmp_leftovers(Path(settings.cache_dir)) == []

@@ -154,7 +154,8 @@ def test_32_threads_one_download(settings: Settings, proxy: FaultProxy, contents
     proxy.set_fault("slow", path_contains=BIG, times=1, delay=0.5)  # all threads overlap
     barrier = threading.Barrier(32)
     results: list[object] = [None] * 32
-    with FileCache.open(settings) as cache:
+    patient = cache_settings(settings.server_url, settings.cache_dir, read_timeout=10.0)
+    with FileCache.open(patient) as cache:
 
         def worker(i: int) -> None:
             barrier.wait()
@@ -294,3 +295,35 @@ def test_offline_error_names_file_and_reason(settings: Settings) -> None:
             pytest.raises(OfflineError) as info:
         cache.ensure(BIG)
     assert BIG in str(info.value) and str(settings.cache_dir) in str(info.value)
+
+
+def test_in_flight_download_reports_progress(
+    settings: Settings, proxy: FaultProxy, contents: dict
+) -> None:
+    """The hook a later read-while-downloading issue builds on: progress of a transfer."""
+    proxy.set_fault("slow_body", path_contains=MID, delay=3.0, times=1)  # half, then stall
+    errors: list[BaseException] = []
+    with FileCache.open(settings) as cache:
+
+        def fetch() -> None:
+            try:
+                cache.ensure(MID)
+            except DownloadError as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=fetch)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while (download := cache.fetcher.in_flight(MID)) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # Part of the first half arrives, then the body stalls for the 1 s read timeout.
+        assert 0 < download.wait_for_bytes(1, timeout=10) < len(contents[MID])
+        assert download.url.endswith(f"/references/hst/{MID}")
+        assert cache.stats()["in_flight"] == 1
+        assert not cache.local_path(MID).exists()  # unverified bytes stay in tmp/
+        thread.join(30)
+        # The stall hit the read timeout; the resumed range request completed the file.
+        assert errors == [] and download.state == "done"
+        assert cache.ensure(MID).read_bytes() == contents[MID]
+        assert cache.fetcher.in_flight(MID) is None

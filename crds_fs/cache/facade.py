@@ -18,7 +18,13 @@ from typing import Any
 from ..client.catalog import Catalog, load_catalog
 from ..client.rpc import CrdsClient
 from ..config import Settings
-from ..errors import ConfigError, OfflineError, ProtocolError, ServerUnreachableError
+from ..errors import (
+    ConfigError,
+    CrdsFsError,
+    OfflineError,
+    ProtocolError,
+    ServerUnreachableError,
+)
 from .fetcher import Fetcher
 from .index import CacheIndex, open_db
 from .store import FileStore
@@ -29,6 +35,8 @@ log = logging.getLogger("crds_fs.cache")
 USE_RECORD_INTERVAL = 60.0
 #: Files used this recently are never evicted (a caller may be about to open them).
 EVICT_GRACE = 30.0
+#: A cache that found the server unreachable at open probes it again at most this often.
+RECONNECT_INTERVAL = 30.0
 
 
 class Reader:
@@ -53,6 +61,10 @@ class Reader:
     def read(self, size: int, offset: int) -> bytes:
         """Up to *size* bytes at *offset* (b"" at or past the end)."""
         return os.pread(self.fileno(), size, offset)
+
+    def readinto(self, buffer: memoryview, offset: int) -> int:
+        """Fill *buffer* from *offset* without an extra copy; returns the bytes read."""
+        return os.preadv(self.fileno(), [buffer], offset)
 
     def close(self) -> None:
         if self._fd is None:
@@ -82,6 +94,7 @@ class FileCache:
         online: bool,
         offline_reason: str,
         max_bytes: int | None,
+        may_reconnect: bool = False,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -94,6 +107,7 @@ class FileCache:
         self.fetcher = Fetcher(
             client=client, catalog=catalog, store=store, index=index, settings=settings,
             online=online, offline_reason=offline_reason, on_commit=self._after_commit,
+            reconnect=self._reconnect if may_reconnect and not online else None,
         )
         self._lock = threading.Lock()
         self._pins: dict[str, int] = {}
@@ -102,6 +116,9 @@ class FileCache:
         self._closed = False
         #: seconds a just-used file is safe from eviction (tests set 0)
         self.evict_grace = EVICT_GRACE
+        #: seconds between probes of an unreachable server (tests set 0)
+        self.reconnect_interval = RECONNECT_INTERVAL
+        self._last_probe = time.monotonic()
 
     # --- opening --------------------------------------------------------------------------
 
@@ -135,13 +152,16 @@ class FileCache:
                 log.info("removed %d temp file(s) of interrupted downloads in %s",
                          stale, store.tmp_dir)
             index = CacheIndex(db, catalog.observatory)
+            if online:
+                store.write_config(catalog.server_info)
         except BaseException:
             client.close()
             db.close()
             raise
         limit = max_bytes if max_bytes is not None else settings.cache_max_bytes
         return cls(settings=settings, catalog=catalog, client=client, index=index, store=store,
-                   online=online, offline_reason=reason, max_bytes=limit)
+                   online=online, offline_reason=reason, max_bytes=limit,
+                   may_reconnect=not offline)
 
     def close(self) -> None:
         """Release the HTTP pool and the index (idempotent)."""
@@ -256,6 +276,46 @@ class FileCache:
             "evictions": self._evictions,
         }
 
+    # --- reconnecting ---------------------------------------------------------------------
+
+    def _reconnect(self) -> bool:
+        """Probe a server that was unreachable at open (rate-limited); True when it is back.
+
+        The probe makes one attempt (no retries), so a still-dead server costs one connect
+        timeout at most every `reconnect_interval` seconds.  The catalog stays the stored
+        one: CRDS files never change, only new ones appear, and those wait for a restart.
+        """
+        with self._lock:
+            now = time.monotonic()
+            if self.online:
+                return True
+            if now - self._last_probe < self.reconnect_interval:
+                return False
+            self._last_probe = now
+        probe = CrdsClient(self.settings.server_url, connect_timeout=self.settings.connect_timeout,
+                           read_timeout=self.settings.read_timeout, retries=0)
+        try:
+            info = probe.get_server_info()
+        except CrdsFsError as exc:
+            log.info("CRDS server %s is still unreachable: %s", self.settings.server_url, exc)
+            return False
+        finally:
+            probe.close()
+        if info.get("observatory") != self.observatory:
+            log.warning("CRDS server %s is back but serves %r, not %r; staying offline",
+                        self.settings.server_url, info.get("observatory"), self.observatory)
+            return False
+        try:
+            self.client.get_server_info()  # memoised: the download URLs come from it
+        except CrdsFsError:
+            return False
+        log.warning("CRDS server %s is reachable again; downloading on demand resumes",
+                    self.settings.server_url)
+        with self._lock:
+            self.online = True
+            self.fetcher.online = True
+        return True
+
     # --- pins and eviction ----------------------------------------------------------------
 
     def _pin(self, name: str) -> None:
@@ -349,5 +409,5 @@ def _load(
     log.warning("%s is unreachable; working offline from the catalog stored in %s "
                 "(fetched %s): only cached files can be read", where, db.directory,
                 time.ctime(catalog.fetched_at))
-    return catalog, False, (f"{where} is unreachable (the mount started offline); start it "
-                            "again when the server is back")
+    return catalog, False, (f"{where} is unreachable (it is probed again at most every "
+                            f"{RECONNECT_INTERVAL:.0f}s); check the server or the network")

@@ -52,7 +52,9 @@ from .store import FileStore, NameLock, sha1_file
 
 log = logging.getLogger("crds_fs.cache")
 
-_CHUNK = 1 << 20
+#: Bytes per read from the socket: small enough that progress (and, later, readers
+#: waiting for a range) advance smoothly, big enough that Python overhead stays negligible.
+_CHUNK = 256 * 1024
 
 
 class Download:
@@ -138,6 +140,7 @@ class Fetcher:
         online: bool,
         offline_reason: str = "",
         on_commit: Callable[[str, int], None] | None = None,
+        reconnect: Callable[[], bool] | None = None,
     ) -> None:
         self.client = client
         self.catalog = catalog
@@ -147,6 +150,8 @@ class Fetcher:
         self.online = online
         self.offline_reason = offline_reason
         self.on_commit = on_commit
+        #: called when a download is needed while offline; True = the server is back
+        self.reconnect = reconnect
         self._lock = threading.Lock()
         self._inflight: dict[str, Download] = {}
         self.counters = {"downloads": 0, "failures": 0, "bytes": 0, "adopted": 0}
@@ -228,7 +233,7 @@ class Fetcher:
         adopted = self._adopt(name, info)
         if adopted is not None:
             return adopted
-        if not self.online:
+        if not self.online and not (self.reconnect is not None and self.reconnect()):
             raise OfflineError(
                 f"'{name}' is not cached in {self.store.root} and {self.offline_reason}"
             )

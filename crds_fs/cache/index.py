@@ -13,12 +13,15 @@ stored entries never depend on class names), ``meta:...`` for counters and setti
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import diskcache
+
+from ..errors import ConfigError
 
 _FILE = "file:"
 
@@ -154,5 +157,11 @@ def open_db(directory: Path) -> diskcache.Cache:
     Its own eviction is off: our entries are tiny, and dropping one would make a cached
     file invisible (and the catalog, needed offline, must never go).
     """
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    return diskcache.Cache(str(directory), eviction_policy="none", timeout=60)
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return diskcache.Cache(str(directory), eviction_policy="none", timeout=60)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            f"cannot open the cache index {directory} ({exc}); set CRDS_FS_CACHE to a "
+            "writable directory"
+        ) from None

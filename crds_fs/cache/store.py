@@ -19,7 +19,10 @@ import fcntl
 import hashlib
 import logging
 import os
+import pprint
+import threading
 from pathlib import Path
+from typing import Any
 
 from ..client.names import file_kind, is_safe_basename
 from ..errors import ConfigError, UnknownFileError
@@ -154,6 +157,31 @@ class FileStore:
             return True
         except FileNotFoundError:
             return False
+
+    def write_config(self, server_info: dict[str, Any]) -> None:
+        """Write `config/<obs>/server_config` and `ref_cache_subdir_mode` like crds does.
+
+        With them the cache dir works as CRDS_PATH for crds itself (CRDS_READONLY_CACHE=1,
+        section 3.7 of the reference): crds needs server_config (a Python literal) and must
+        be told the layout is flat.  Written atomically, only when the content changed.
+        """
+        config = self.root / KIND_DIRS["config"] / self.observatory
+        info = {k: v for k, v in server_info.items() if k != "download_metadata"}
+        for name, text in (("server_config", pprint.pformat(info) + "\n"),
+                           ("ref_cache_subdir_mode", "flat\n")):
+            path = config / name
+            try:
+                if path.read_text() == text:
+                    continue
+            except (FileNotFoundError, UnicodeDecodeError):
+                pass
+            temp = self.tmp_dir / f"config-{name}-{os.getpid()}-{threading.get_ident()}"
+            try:
+                temp.write_text(text)
+                os.replace(temp, path)
+            except OSError as exc:  # a convenience for crds users: never fail open for it
+                log.warning("could not write %s: %s", path, exc)
+                self.discard(temp)
 
     # --- maintenance ----------------------------------------------------------------------
 

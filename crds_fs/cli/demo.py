@@ -15,26 +15,34 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import DemoError
 from . import cli
 
+if TYPE_CHECKING:  # imported lazily at run time: numpy/astropy are slow to import
+    from ..demo.generate import DemoInfo
+    from ..demo.session import DemoSession
+
 #: the dataset used in the printed examples
 EXAMPLE_DATASET = "j9demo01q_raw.fits"
 API_TIMEOUT = 120.0
 
 
-def _size(num: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if num < 1024 or unit == "GB":
-            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
-        num /= 1024  # type: ignore[assignment]
-    return str(num)
+def _size(num: float) -> str:
+    """Human-readable size: 8640 -> '8.4 KB'."""
+    if num < 1024:
+        return f"{num:.0f} B"
+    for unit in ("KB", "MB"):
+        num /= 1024
+        if num < 1024:
+            return f"{num:.1f} {unit}"
+    return f"{num / 1024:.1f} GB"
 
 
-def _summary(info) -> str:  # noqa: ANN001 - DemoInfo, imported lazily
+def _summary(info: DemoInfo) -> str:
     lines = [f"Demo observatory '{info.observatory}' in {info.root}",
              f"  contexts: {', '.join(info.contexts)} (operational: {info.context})",
              f"  bad files: {', '.join(info.bad_files)} (selected by no dataset below)"]
@@ -85,7 +93,7 @@ def _crds_env(mountpoint: Path) -> str:
             "CRDS_SERVER_URL=https://hst-serverless.stsci.edu CRDS_OBSERVATORY=hst")
 
 
-def _instructions(info, session, mountpoint: Path | None) -> str:  # noqa: ANN001
+def _instructions(info: DemoInfo, session: DemoSession, mountpoint: Path | None) -> str:
     dataset = info.dataset_dir / EXAMPLE_DATASET
     q = shlex.quote
     lines = ["", f"Server:  {session.url}/  (log: {session.server_log})"]
@@ -119,7 +127,7 @@ def _instructions(info, session, mountpoint: Path | None) -> str:  # noqa: ANN00
     return "\n".join(lines)
 
 
-def _api_example(info, session) -> str:  # noqa: ANN001
+def _api_example(info: DemoInfo, session: DemoSession) -> str:
     """Run the Python API example in a child (the API may be missing or slow); its output."""
     dataset = info.dataset_dir / EXAMPLE_DATASET
     call = f"crds_fs.api.cache_best_references_for_dataset({info.context!r}, {str(dataset)!r})"

@@ -70,13 +70,24 @@ LOG_FORMAT = "%(asctime)s crds-fs[%(process)d] %(levelname)s %(name)s: %(message
               show_default=True, help="Seconds to wait for the daemon to be ready.")
 @click.option("-o", "fuse_opts", multiple=True, metavar="OPT[=VAL]",
               help="Extra libfuse option, e.g. -o allow_other (repeatable).")
+@click.option("--datasets", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Folder of datasets (FITS/ASDF) shown as "
+                                 "bestrefs/<file name without extension>/.")
+@click.option("--engine", type=click.Choice(["auto", "remote", "local"]), default=None,
+              help="Who decides bestrefs/ answers: the server (remote), the local engine "
+                   "over cached mappings (local), or remote while online (auto) "
+                   "[default: auto].")
+@click.option("--poll", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="How often bestrefs/ checks the server's operational context when the "
+                   "mount follows it (no --context, or --context operational) [default: 60].")
 @click.option("--status-fd", type=int, default=None, hidden=True)
 @click.pass_context
 def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
                   cache_dir: Path | None, context: str | None, observatory: str | None,
                   foreground: bool, offline: bool, log_file: Path | None,
                   read_timeout: float | None, retries: int | None, ready_timeout: float,
-                  fuse_opts: tuple[str, ...], status_fd: int | None) -> None:
+                  fuse_opts: tuple[str, ...], datasets: Path | None, engine: str | None,
+                  poll: float | None, status_fd: int | None) -> None:
     """Mount CRDS at MOUNTPOINT: mappings/, references/, config/ as a CRDS cache.
 
     Files are listed from the server catalog and downloaded (verified) on first open;
@@ -86,6 +97,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
                                  observatory=observatory, context=context,
                                  read_timeout=read_timeout, retries=retries)
     mountpoint = Path(os.path.abspath(mountpoint))
+    _configure_bestrefs(datasets, engine, poll)
     if foreground or status_fd is not None:
         run_foreground(settings, mountpoint, offline=offline, log_file=log_file,
                        fuse_opts=fuse_opts, status_fd=status_fd,
@@ -108,16 +120,31 @@ def _child_args(ctx: click.Context, mountpoint: Path, log_path: Path) -> list[st
     args = ["mount", str(mountpoint), "--foreground"]
     for option, key in (("--server", "server_url"), ("--cache", "cache_dir"),
                         ("--context", "context"), ("--observatory", "observatory"),
-                        ("--read-timeout", "read_timeout"), ("--retries", "retries")):
+                        ("--read-timeout", "read_timeout"), ("--retries", "retries"),
+                        ("--datasets", "datasets"), ("--engine", "engine"), ("--poll", "poll")):
         if params.get(key) is not None:
             value = params[key]
-            args += [option, str(Path(value).resolve()) if key == "cache_dir" else str(value)]
+            resolve = key in ("cache_dir", "datasets")
+            args += [option, str(Path(value).resolve()) if resolve else str(value)]
     if params.get("offline"):
         args.append("--offline")
     for opt in params.get("fuse_opts") or ():
         args += ["-o", opt]
     verbose = ctx.find_root().params.get("verbose", 0)
     return ["-v"] * verbose + args
+
+
+def _configure_bestrefs(datasets: Path | None, engine: str | None, poll: float | None) -> None:
+    """Hand --datasets/--engine/--poll to the bestrefs/ provider (environment fills gaps)."""
+    from dataclasses import replace
+
+    from ..bestrefs_view import ViewOptions
+    from ..namespace.bestrefs import configure
+
+    options = ViewOptions.from_env()
+    changes: dict[str, Any] = {"datasets": datasets.resolve() if datasets else None,
+                               "engine": engine, "poll": poll}
+    configure(replace(options, **{k: v for k, v in changes.items() if v is not None}))
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -373,7 +400,8 @@ def unmount(mountpoint: Path, *, timeout: float = EXIT_TIMEOUT) -> str:
                              f"{(result.stderr or result.stdout).strip()}")
     if pid is None:
         return f"crds-fs: unmounted {mountpoint}"
-    if _wait_exit(pid, timeout):
+    # after a lazy unmount the daemon lives on until the last user lets go: do not wait long
+    if _wait_exit(pid, min(timeout, 2.0) if lazy else timeout):
         return f"crds-fs: unmounted {mountpoint}; daemon {pid} exited"
     if lazy:
         return (f"crds-fs: unmounted {mountpoint} lazily; daemon {pid} exits when the mount "

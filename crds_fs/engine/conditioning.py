@@ -28,13 +28,19 @@ _DONT_CARE = re.compile(r"-2147483648.0|\(\)|N/A|NOT APPLICABLE|NOT_APPLICABLE$"
 
 _SPECIAL = {"ANY": "*", "4294967295.0": "-1.0", "T": "T", "TRUE": "T", "F": "F", "FALSE": "F"}
 
+# First characters that can start a number / a don't-care value (cheap pre-tests).
+_NUMBER_START = frozenset("+-.0123456789")
+_DONT_CARE_START = frozenset("-(N")
+
 
 def condition_value(value: Any) -> str:
     """Normalise one header or rmap value to the string form crds matches on."""
     text = str(value).strip().upper()
-    if _NUMBER.match(text):
+    if not text:
+        return text
+    if text[0] in _NUMBER_START and _NUMBER.match(text):
         text = str(float(text))
-    if _DONT_CARE.match(text):
+    if text[0] in _DONT_CARE_START and _DONT_CARE.match(text):
         return "N/A"
     return _SPECIAL.get(text, text)
 

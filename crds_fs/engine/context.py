@@ -60,6 +60,7 @@ from .rules import (
 
 Loader = Callable[[str], str]
 BestRefs = dict[str, Any]
+_MISSING = object()
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,6 +78,10 @@ class Instrument:
     imap: InstrumentRules
     rmaps: dict[str, ReferenceRules]
     required_parkeys: list[str]
+
+    def header_keys(self, instrument_key: str) -> list[tuple[str, str, str]]:
+        """(key, key.lower(), key.upper()) for every key of the minimized header."""
+        return [(key, key.lower(), key.upper()) for key in [*self.required_parkeys, instrument_key]]
 
     def mapping_names(self) -> list[str]:
         return sorted({self.imap.name, *(r.name for r in self.rmaps.values())})
@@ -145,6 +150,8 @@ class Context:
         self.observatory = pmap.observatory
         self.instrument_key = pmap.instrument_key
         self.policy: Observatory = observatory_policy(pmap.observatory)
+        self._instruments: dict[str, Instrument] = {}  # verified instruments, by name
+        self._header_keys: dict[str, list[tuple[str, str, str]]] = {}
 
     @classmethod
     def load(cls, name: str, loader: Loader, *, ignore_checksum: bool = False,
@@ -175,6 +182,9 @@ class Context:
 
     def instrument(self, instrument: str) -> Instrument:
         """The loaded instrument (imap and all rmaps); raises for unknown instruments."""
+        found = self._instruments.get(instrument)
+        if found is not None:
+            return found
         key = instrument.lower()
         key = INSTRUMENT_ALIASES.get(key, key)
         value = self._pmap.selections.get(key)
@@ -188,7 +198,9 @@ class Context:
                 UnknownInstrumentError, "CrdsUnknownInstrumentError",
                 f"Instrument {key!r} is {value} in context {self.name!r}",
             )
-        return self._store.instrument(value)
+        found = self._store.instrument(value)
+        self._instruments[instrument] = found
+        return found
 
     def reftypes(self, instrument: str) -> list[str]:
         """All reftypes (lower case) of *instrument*, including N/A and OMIT ones."""
@@ -255,6 +267,8 @@ class Context:
                     LookupFailure, "TypeError",
                     f"expected str, bytes or os.PathLike object, not {type(ref).__name__}",
                 )
+            if not bad:
+                continue
             base = posixpath.basename(ref)
             if base in bad and not allow_bad_references:
                 raise whole_call_error(
@@ -300,9 +314,16 @@ class Context:
         except KeywordAmbiguityError as exc:
             raise whole_call_error(LookupFailure, "AssertionError", str(exc)) from None
         instrument = self.instrument(self._find_instrument(translated))
-        keys = [*instrument.required_parkeys, self.instrument_key]
-        return {key: translated.get(key.lower(), translated.get(key.upper(), "UNDEFINED"))
-                for key in keys}
+        keys = self._header_keys.get(instrument.imap.name)
+        if keys is None:
+            keys = self._header_keys[instrument.imap.name] = instrument.header_keys(
+                self.instrument_key)
+        minimal: dict[str, Any] = {}
+        get = translated.get
+        for key, lower, upper in keys:
+            value = get(lower, _MISSING)
+            minimal[key] = get(upper, "UNDEFINED") if value is _MISSING else value
+        return minimal
 
     def _best_refs(self, header: dict[str, Any], include: list[str]) -> BestRefs:
         instrument = self.instrument(self._find_instrument(header))
@@ -339,10 +360,13 @@ def _header_to_instrument(parameters: Mapping[str, Any]) -> str:
             break
     value = INSTRUMENT_FIXERS.get(value, value) if isinstance(value, str) else value
     if value is None:
-        raise whole_call_error(LookupFailure, "KeyError", "'No instrument keyword defined in header.'")
+        raise whole_call_error(
+            LookupFailure, "KeyError", "'No instrument keyword defined in header.'"
+        )
     if not isinstance(value, str):
         raise whole_call_error(
-            LookupFailure, "AttributeError", f"{type(value).__name__!r} object has no attribute 'upper'"
+            LookupFailure, "AttributeError",
+            f"{type(value).__name__!r} object has no attribute 'upper'",
         )
     return value.upper()
 
@@ -351,7 +375,8 @@ def mapping_required_parkeys(name: str, loader: Loader, *, ignore_checksum: bool
                              memo: MutableMapping[Any, Any] | None = None) -> Any:
     """get_required_parkeys RPC for any mapping: pmap -> dict, imap/rmap -> list."""
     if name.endswith(".pmap"):
-        return Context.load(name, loader, ignore_checksum=ignore_checksum, memo=memo).required_parkeys()
+        context = Context.load(name, loader, ignore_checksum=ignore_checksum, memo=memo)
+        return context.required_parkeys()
     store = _Store(loader, ignore_checksum, memo, MAX_MAPPING_CHARS)
     if name.endswith(".imap"):
         return list(store.instrument(name).required_parkeys)

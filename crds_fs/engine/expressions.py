@@ -22,6 +22,7 @@ import ast
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .parser import SELECTOR_NAMES
@@ -61,13 +62,22 @@ class Expression:
     source: str
     tree: ast.expr
 
+    @property
+    def is_constant(self) -> bool:
+        """True when the value does not depend on the header (e.g. ``True``)."""
+        return isinstance(self.tree, ast.Constant)
+
     def evaluate(self, names: Mapping[str, Any]) -> Any:
         """Value of the expression with *names* as the only variables."""
         return _evaluate(self.tree, names)
 
 
+@lru_cache(maxsize=4096)
 def compile_expression(source: str) -> Expression:
-    """Parse and check *source*; raise :class:`ExpressionError` if it is not acceptable."""
+    """Parse and check *source*; raise :class:`ExpressionError` if it is not acceptable.
+
+    Memoised: the same few expressions recur in hundreds of rmaps and results are immutable.
+    """
     if not isinstance(source, str):
         raise ExpressionError(f"expression must be a string, not {type(source).__name__}")
     if len(source) > _MAX_EXPR_CHARS:

@@ -184,7 +184,13 @@ class _Converter:
 
     def _dict(self, node: ast.Dict, depth: int, allow_call: bool) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
+        constant = ast.Constant
         for key_node, value_node in zip(node.keys, node.values, strict=True):
+            # Fast path for the common 'date' : 'file' / 'key' : 'value' entries.
+            if (type(key_node) is constant and type(value_node) is constant
+                    and type(key_node.value) is str and type(value_node.value) is str):
+                result[key_node.value] = value_node.value
+                continue
             if key_node is None:  # {**other}
                 raise _illegal(value_node, self.name)
             key = self.convert(key_node, depth + 1, False)

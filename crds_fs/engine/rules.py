@@ -89,7 +89,9 @@ class ContextRules:
         self.selections: dict[str, str] = {}
         for key, value in doc.selector.items():
             if not isinstance(key, str) or not isinstance(value, str):
-                raise format_error(doc.name, f"selector entry {key!r}: {value!r} must map str to str")
+                raise format_error(
+                    doc.name, f"selector entry {key!r}: {value!r} must map str to str"
+                )
             if not is_special(value) and not value.endswith(self.child_suffix):
                 raise format_error(
                     doc.name,
@@ -157,7 +159,9 @@ class ReferenceRules:
 
     def _build_selector(self, doc: MappingDoc, header: HeaderView) -> Selector:
         if not isinstance(doc.selector, SelectorCall):
-            raise format_error(doc.name, "an rmap selector must be a selector call like Match({...})")
+            raise format_error(
+                doc.name, "an rmap selector must be a selector call like Match({...})"
+            )
         merge = header.get("merge_overlaps", None)
         settings = RmapSettings(
             name=doc.name,
@@ -170,6 +174,8 @@ class ReferenceRules:
             raise
         except Exception as exc:  # crds reports these as "Can't load file <name> : <error>"
             raise format_error(doc.name, str(exc)) from None
+        finally:
+            settings.scratch.clear()
 
     def _required_parkeys(self) -> list[str]:
         parkeys: list[str] = []
@@ -189,6 +195,9 @@ class ReferenceRules:
         self.relevance = self._expression(
             relevance.replace("always", "True") if isinstance(relevance, str) else relevance)
         self.omit = self._expression(header.get("rmap_omit", "False"))
+        # Header-independent expressions (the usual True/False) are decided once, here.
+        self._omit_constant = _constant_truth(self.omit)
+        self._relevance_constant = _constant_truth(self.relevance)
         comment_parkeys = tuple(str(n).lower() for n in header.get("comment_parkeys", ()))
         sources = dict(header.get("parkey_relevance", {}))
         sources.update({name: "keep_comments" for name in comment_parkeys})
@@ -219,9 +228,15 @@ class ReferenceRules:
 
     def _best_ref(self, header_in: Mapping[str, Any], expr_header: Mapping[str, Any],
                   memo: dict) -> Any:
-        if _safe_truth(self.omit, expr_header, default=False):
+        omit = self._omit_constant
+        if omit is None:
+            omit = _safe_truth(self.omit, expr_header, default=False)
+        if omit:
             raise OmitReftype()
-        if not _safe_truth(self.relevance, expr_header, default=True):
+        relevant = self._relevance_constant
+        if relevant is None:
+            relevant = _safe_truth(self.relevance, expr_header, default=True)
+        if not relevant:
             raise IrrelevantReftype()
         header = self.precondition(dict(header_in)) if self.precondition else header_in
         header = self.irrelevant_to_na(header)
@@ -280,6 +295,12 @@ class ReferenceRules:
 
     def reference_names(self) -> set[str]:
         return {name for name in self.selector.reference_names() if not is_special(name)}
+
+
+def _constant_truth(expression: Expression) -> bool | None:
+    if not expression.is_constant:
+        return None
+    return bool(expression.evaluate({}))
 
 
 def _safe_truth(expression: Expression, names: Mapping[str, Any], *, default: bool) -> bool:

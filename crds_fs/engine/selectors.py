@@ -65,16 +65,23 @@ _VERSION = re.compile(r"^(\d{1,8}(\.\d{1,8}(\.\d{1,8})?)?)[a-zA-Z0-9_\+\-\.]{0,1
 
 Memo = dict  # per-lookup scratch space (parsed dates), owned by one call
 
+#: Match results are memoised per tuple of column values (a pure function of them); the
+#: memo is emptied when it reaches this size, bounding memory per selector.
+_GROUP_CACHE_SIZE = 1024
+
 
 class RmapSettings:
     """The rmap-header facts selectors need, read once with crds' lower-casing rules."""
 
-    __slots__ = ("name", "merge_overlaps", "substitutions")
+    __slots__ = ("name", "merge_overlaps", "substitutions", "scratch")
 
     def __init__(self, name: str, merge_overlaps: bool, substitutions: Mapping[str, Any]):
         self.name = name
         self.merge_overlaps = merge_overlaps
         self.substitutions = substitutions
+        # Build-time memo of pure per-value work (conditioning, matcher classification);
+        # rmaps repeat the same few values thousands of times.  Emptied after the build.
+        self.scratch: dict[Any, Any] = {}
 
 
 def build_selector(call: SelectorCall, levels: tuple[Any, ...], settings: RmapSettings) -> Selector:
@@ -109,9 +116,13 @@ class Selector:
         else:
             assert selections is not None
             substituted = self._substitute(dict(selections))
-            conditioned = [(self.condition_key(k), v) for k, v in substituted.items()]
-            _check_duplicates(conditioned)
-            self.selections = sorted(conditioned)
+            if type(self).condition_key is Selector.condition_key:
+                # Identity conditioning: dict keys are already unique.
+                self.selections = sorted(substituted.items())
+            else:
+                conditioned = [(self.condition_key(k), v) for k, v in substituted.items()]
+                _check_duplicates(conditioned)
+                self.selections = sorted(conditioned)
         self.keys = [key for key, _ in self.selections]
         self.parkey_map = self.get_parkey_map()
 
@@ -176,7 +187,9 @@ class Selector:
 
     def _check_defined(self, header: Mapping[str, Any]) -> None:
         for name in self.parameters:
-            if name not in header and name in self.parkey_map and "N/A" not in self.parkey_map[name]:
+            if name in header or name not in self.parkey_map:
+                continue
+            if "N/A" not in self.parkey_map[name]:
                 raise ValidationError(
                     self.short_name + " required lookup parameter " + repr(name) + " is undefined."
                 )
@@ -263,20 +276,17 @@ class _Column:
         self.valid_set = frozenset(valid) if isinstance(valid, list) else frozenset()
         self.lenient = not valid or any(w in self.valid_set for w in ("*", "ANY", "N/A"))
 
-    def add(self, key: str, bit: int) -> None:
-        matcher = make_matcher(key)
-        kind = type(matcher)
-        if kind is Matcher:
-            self.exact[matcher.key] = self.exact.get(matcher.key, 0) | bit
+    def add(self, key: str, bit: int, scratch: dict[Any, Any]) -> None:
+        kind, payload = _classify(key, scratch)
+        if kind == "exact":
+            exact = self.exact
+            for part in payload:
+                exact[part] = exact.get(part, 0) | bit
             self.exact_all |= bit
-        elif kind is NaMatcher:
+        elif kind == "na":
             self.na |= bit
-        elif kind is GlobMatcher and matcher.literals is not None:  # type: ignore[attr-defined]
-            for part in matcher.literals:  # type: ignore[attr-defined]
-                self.exact[part] = self.exact.get(part, 0) | bit
-            self.exact_all |= bit
         else:
-            entry = self.special.setdefault(key, [matcher, 0])
+            entry = self.special.setdefault(key, [payload, 0])
             entry[1] |= bit
 
     def statuses(self, value: str) -> tuple[int, int]:
@@ -296,6 +306,41 @@ class _Column:
         return ones, zeros
 
 
+_PLAIN_EXCLUDED_START = frozenset("({#BN><")
+
+
+def _classify(key: str, scratch: dict[Any, Any]) -> tuple[str, Any]:
+    """("exact", values) | ("na", None) | ("special", matcher) for one conditioned value."""
+    found = scratch.get(("classify", key))
+    if found is not None:
+        return found
+    if key == "N/A":
+        result: tuple[str, Any] = ("na", None)
+    elif (not key or key[0] not in _PLAIN_EXCLUDED_START) and "|" not in key and "*" not in key:
+        result = ("exact", (key,))  # make_matcher() would build a plain Matcher
+    else:
+        matcher = make_matcher(key)
+        kind = type(matcher)
+        if kind is Matcher:
+            result = ("exact", (matcher.key,))
+        elif kind is NaMatcher:
+            result = ("na", None)
+        elif kind is GlobMatcher and matcher.literals is not None:  # type: ignore[attr-defined]
+            result = ("exact", matcher.literals)  # type: ignore[attr-defined]
+        else:
+            result = ("special", matcher)
+    scratch[("classify", key)] = result
+    return result
+
+
+def _cell_info(cell: Any, scratch: dict[Any, Any]) -> tuple[bool, frozenset[str]]:
+    """(is esoteric, glob parts) of one conditioned Match value (for the parkey map)."""
+    found = scratch.get(("cell", cell))
+    if found is None:
+        found = scratch[("cell", cell)] = (is_esoteric(cell), frozenset(glob_parts(cell)))
+    return found
+
+
 class MatchSelector(Selector):
     """Parameter tuple -> choice, with validation, weighting, ties and fallback."""
 
@@ -306,17 +351,88 @@ class MatchSelector(Selector):
         self.choices = [choice for _, choice in self.selections]
         self.all_rows = (1 << len(self.selections)) - 1
         self.columns = [_Column(name, self.parkey_map[name]) for name in self.parameters]
+        scratch = settings.scratch
         for row, key in enumerate(self.keys):
             bit = 1 << row
             for column, value in zip(self.columns, key, strict=False):
-                column.add(value, bit)
+                column.add(value, bit, scratch)
         self._merged: dict[tuple[int, ...], Any] = {}
+        self._groups: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
         self._lock = threading.Lock()
+        self._simple_check = all(
+            isinstance(self.parkey_map.get(name), list) and "N/A" in self.parkey_map[name]
+            for name in self.parameters
+        )
+
+    def choose(self, header: Mapping[str, Any], memo: Memo) -> Any:
+        """Validate, rank rows, try weight groups best first (same as the generic loop)."""
+        if not self._simple_check:
+            self._check_defined(header)
+        values = tuple([header.get(column.name, "UNDEFINED") for column in self.columns])
+        groups = self._groups.get(values)
+        if groups is None:
+            for column, value in zip(self.columns, values, strict=True):
+                if value not in column.valid_set and not column.lenient:
+                    self._validate_value(column.name, value, column.valid)
+            groups = self._weight_groups(values)
+            if len(self._groups) >= _GROUP_CACHE_SIZE:
+                self._groups.clear()
+            self._groups[values] = groups
+        for rows in groups:
+            if len(rows) > 1:
+                if not self.settings.merge_overlaps:
+                    raise AmbiguousMatchError("More than one match clause matched.")
+                choice = self._combine(rows)
+            else:
+                choice = self.choices[rows[0]]
+            if not isinstance(choice, Selector):
+                return choice
+            try:
+                return choice.choose(header, memo)
+            except SelectorLookupError:
+                continue
+        raise MatchingError("No match found.")
 
     def condition_key(self, key: Any) -> tuple[str, ...]:
-        if isinstance(key, tuple):
-            return tuple(_condition_element(element) for element in key)
-        return (_condition_element(key),)
+        scratch = self.settings.scratch
+        elements = key if isinstance(key, tuple) else (key,)
+        conditioned = []
+        for element in elements:
+            # type is part of the memo key: 1, 1.0 and True are equal but condition apart.
+            memo_key = ("cond", element.__class__, element)
+            try:
+                value = scratch.get(memo_key)
+            except TypeError:  # unhashable element (a list): no memo
+                value = None
+            if value is None:
+                value = _condition_element(element)
+                try:
+                    scratch[memo_key] = value
+                except TypeError:
+                    pass
+            conditioned.append(value)
+        return tuple(conditioned)
+
+    def get_parkey_map(self) -> dict[str, Any]:
+        """As Selector.get_parkey_map, with per-value results memoised during the build."""
+        scratch = self.settings.scratch
+        parmap: dict[str, Any] = {}
+        count = len(self.parameters)
+        for i, par in enumerate(self.parameters):
+            if par not in parmap:
+                parmap[par] = set()
+            for key in self.keys:
+                if len(key) != count:
+                    raise ValidationError(
+                        self.short_name + " key=" + repr(key)
+                        + " is wrong length for parameters " + repr(self.parameters)
+                    )
+                esoteric, parts = _cell_info(key[i], scratch)
+                if esoteric:
+                    parmap[par] = []
+                    break
+                parmap[par] |= parts
+        return {par: sorted(values) for par, values in parmap.items()}
 
     def validate_header(self, header: Mapping[str, Any], memo: Memo) -> Any:
         for column in self.columns:
@@ -355,7 +471,8 @@ class MatchSelector(Selector):
 
     def candidates(self, header: Any, _unused: Any = None) -> Any:
         """Yield the choice of each weight group, best first; then fail with No match found."""
-        for rows in self._weight_groups(header):
+        values = tuple([header.get(column.name, "UNDEFINED") for column in self.columns])
+        for rows in self._weight_groups(values):
             if len(rows) > 1:
                 if not self.settings.merge_overlaps:
                     raise AmbiguousMatchError("More than one match clause matched.")
@@ -364,11 +481,12 @@ class MatchSelector(Selector):
                 yield self.choices[rows[0]]
         raise MatchingError("No match found.")
 
-    def _weight_groups(self, header: Mapping[str, Any]) -> list[tuple[int, ...]]:
+    def _weight_groups(self, values: tuple[str, ...]) -> list[tuple[int, ...]]:
+        """Surviving rows grouped by weight (most positive matches first), rows in key order."""
         alive = self.all_rows
         positives: list[int] = []
-        for column in self.columns:
-            ones, zeros = column.statuses(header.get(column.name, "UNDEFINED"))
+        for column, value in zip(self.columns, values, strict=True):
+            ones, zeros = column.statuses(value)
             alive &= ones | zeros
             if not alive:
                 return []
@@ -432,6 +550,26 @@ class UseAfterSelector(Selector):
     def get_parkey_map(self) -> dict[str, Any]:
         return {par: "*" for par in self.parameters}
 
+    def choose(self, header: Mapping[str, Any], memo: Memo) -> Any:
+        if type(self) is not UseAfterSelector:
+            return Selector.choose(self, header, memo)
+        for name in self.parameters:
+            if name not in header:
+                raise ValidationError(
+                    "UseAfter required lookup parameter " + repr(name) + " is undefined.")
+        date = _reformat_cached(self._raw_date(header), self.parameters, self.short_name, memo)
+        index = bisect_right(self.keys, date) - 1
+        if index < 0:
+            raise UseAfterError("No selection <= " + repr(date))
+        choice = self.selections[index][1]
+        if not isinstance(choice, Selector):
+            return choice
+        try:
+            return choice.choose(header, memo)
+        except SelectorLookupError as exc:
+            raise SelectorLookupError(
+                "All lookup attempts failed. last exception: " + str(exc)) from None
+
     def validate_header(self, header: Mapping[str, Any], memo: Memo) -> Any:
         raw = self._raw_date(header)
         return _reformat_cached(raw, self.parameters, self.short_name, memo)
@@ -452,11 +590,9 @@ class UseAfterSelector(Selector):
         yield self.selections[index][1]
 
     def merge(self, other: Any) -> Selector:
-        if not isinstance(other, UseAfterSelector):
-            raise AmbiguousMatchError(
-                "More than one match was found at the same weight and "
-                + self.short_name + " does not support merging."
-            )
+        if not isinstance(other, Selector):
+            # crds reads other._selections: a tied plain leaf (e.g. 'N/A') fails like this.
+            raise AttributeError(f"{type(other).__name__!r} object has no attribute '_selections'")
         merged: list[tuple[Any, Any]] = []
         mine, theirs = list(self.selections), list(other.selections)
         i = j = 0
@@ -478,7 +614,7 @@ class UseAfterSelector(Selector):
 
 
 def _reformat_cached(raw: str, parameters: tuple[str, ...], short_name: str, memo: Memo) -> str:
-    cached = memo.get(("date", raw))
+    cached = memo.get(raw)
     if cached is not None:
         return cached
     try:
@@ -488,7 +624,7 @@ def _reformat_cached(raw: str, parameters: tuple[str, ...], short_name: str, mem
             short_name, "Invalid date/time format for", repr(parameters),
             "value =", repr(raw), "exception is", repr(str(exc)),
         ) from exc
-    memo[("date", raw)] = result
+    memo[raw] = result
     return result
 
 

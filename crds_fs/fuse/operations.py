@@ -107,6 +107,8 @@ class CrdsOperations(mfusepy.Operations):
         self.source = source
         self.on_init = on_init
         self.on_destroy = on_destroy
+        #: set once the kernel has talked to us: the mount was up
+        self.initialized = False
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -119,6 +121,7 @@ class CrdsOperations(mfusepy.Operations):
                         FUSE_CAP_PARALLEL_DIROPS):
                 if conn.capable & cap:
                     conn.want |= cap
+        self.initialized = True
         if self.on_init is not None:
             self.on_init()
 
@@ -375,6 +378,11 @@ def run_fuse(operations: CrdsOperations, mountpoint: str, **options: Any) -> Non
         CrdsFUSE(operations, os.fspath(mountpoint), raw_fi=True, foreground=True,
                  nothreads=False, **options)
     except RuntimeError as exc:
+        if operations.initialized:
+            # libfuse reports status 8 when a signal (SIGTERM, SIGINT) ended the loop; the
+            # mount was up and has been taken down cleanly.
+            log.info("FUSE loop for %s ended by a signal (status %s)", mountpoint, exc)
+            return
         raise MountError(
             f"libfuse could not mount or serve {mountpoint} (status {exc}); its own message "
             "is in the mount log"

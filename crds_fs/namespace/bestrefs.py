@@ -192,11 +192,14 @@ class BestrefsProvider(Provider):
         return self._answer(dataset).json_bytes(self.env.observatory)
 
     def _link_target(self, dataset: Dataset, entry: str, depth: int) -> str | None:
-        if entry == DATASET_LINK and dataset.path is not None:
-            return str(dataset.path)
-        if entry in (JSON_NAME, DATASET_LINK):
+        if entry == JSON_NAME:
             return None
-        name = self._answer(dataset).links.get(entry)
+        answer = self._answer(dataset)
+        if answer.error is not None:
+            return None  # a failed dataset shows its bestrefs.json only
+        if entry == DATASET_LINK:
+            return str(dataset.path) if dataset.path is not None else None
+        name = answer.links.get(entry)
         if name is None:
             return None
         return "../" * depth + f"references/{self.env.observatory}/{name}"
@@ -216,6 +219,8 @@ class BestrefsProvider(Provider):
     def _entries(self, dataset: Dataset, depth: int) -> list[tuple[str, Attrs]]:
         answer = self._answer(dataset)
         entries = [(JSON_NAME, self.env.file_attrs(len(answer.json_bytes(self.env.observatory))))]
+        if answer.error is not None:
+            return entries
         if dataset.path is not None:
             entries.append((DATASET_LINK, self._link_attrs(str(dataset.path))))
         for reftype in sorted(answer.links):
