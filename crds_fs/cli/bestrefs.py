@@ -1,3 +1,318 @@
-"""`crds-fs bestrefs` subcommand(s) (placeholder, filled in by its issue)."""
+"""`crds-fs bestrefs`: best references for dataset files or JSON headers, local or remote.
+
+Usage::
+
+    crds-fs bestrefs --context CTX [--mappings DIR | --server URL] [--local | --remote]
+                     [--json] [--allow-bad-references] INPUT...
+
+INPUT is a dataset file (FITS: only the primary and the needed extension headers are read,
+never data; ASDF: only the metadata tree) or a ``.json``/``.jsonl`` file of headers (a
+``.jsonl`` line, or a ``.json`` file's object / list items, is ``{KEY: value}`` or
+``{"header": {KEY: value}}``).
+
+``--local`` computes with the crds-fs engine over ``--mappings DIR`` (a folder of mapping
+files or a CRDS cache root ``DIR/mappings/<obs>/``, whose ``config/<obs>/server_config``
+supplies the bad-files list); without ``--mappings`` it uses the crds-fs cache folder.
+``--remote`` asks the server (``--server`` or ``$CRDS_SERVER_URL``) with batched
+``get_best_references_by_header_map`` calls.  Default: local when ``--mappings`` is given.
+
+Exit status: 0 when every input was read (per-header failures are reported in the output),
+2 when an input cannot be read or parsed (the message names the file and line), 1 for other
+failures (context not loadable, server unreachable, bad arguments).
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import Settings
+from ..datasets import is_dataset_file, read_header
+from ..errors import ConfigError, CrdsFsError, DatasetError
+from . import cli
+
+#: Exit status for an unreadable or unparsable input.
+EXIT_INPUT = 2
+_DEFAULT_BATCH = 1000
+_MAX_JSON_BYTES = 1024 * 1024 * 1024
+
+
+@dataclass
+class Item:
+    """One header to answer: where it came from ("file" or "file:line") and its keywords."""
+
+    label: str
+    header: dict[str, Any]
+    bestrefs: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class InputError(Exception):
+    """An input file cannot be read or parsed (exit status 2)."""
+
+
+# --- reading inputs ---------------------------------------------------------------------------
+
+
+def _header_of(value: Any, where: str) -> dict[str, Any]:
+    if isinstance(value, dict) and isinstance(value.get("header"), dict):
+        value = value["header"]
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: expected a JSON object of KEY: value (or {{\"header\": {{...}}}}), "
+                         f"got {type(value).__name__}")
+    return value
+
+
+def _json_items(path: Path) -> Iterator[Item]:
+    size = path.stat().st_size
+    if size > _MAX_JSON_BYTES:
+        raise InputError(f"{path}: {size} bytes is too large for a header file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+            yield Item(where, _header_of(value, where))
+        return
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if isinstance(value, list):
+        for index, entry in enumerate(value, start=1):
+            where = f"{path}:{index}"
+            yield Item(where, _header_of(entry, where))
+    else:
+        yield Item(str(path), _header_of(value, str(path)))
+
+
+def read_inputs(paths: tuple[Path, ...], parkeys: Any) -> list[Item]:
+    """Every header of every input, in order; InputError names the first unreadable one."""
+    items: list[Item] = []
+    for path in paths:
+        try:
+            if path.suffix.lower() in (".json", ".jsonl"):
+                items.extend(_json_items(path))
+            elif is_dataset_file(path):
+                items.append(Item(str(path), read_header(path, parkeys())))
+            else:
+                raise InputError(
+                    f"{path}: not a dataset (.fits, .fits.gz, .asdf) or header file (.json, .jsonl)"
+                )
+        except InputError:
+            raise
+        except DatasetError as exc:
+            raise InputError(str(exc)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read: {exc}") from None
+    return items
+
+
+# --- answering --------------------------------------------------------------------------------
+
+
+def _describe(exc: BaseException) -> str:
+    name = getattr(exc, "crds_name", None) or type(exc).__name__
+    return f"{name}: {str(exc).rstrip()}"
+
+
+def _plain(refs: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in refs.items()}
+
+
+class LocalAnswers:
+    """Answers from the engine over a mapping folder / CRDS cache root."""
+
+    def __init__(self, context: str, mappings: Path, settings: Settings,
+                 allow_bad_references: bool) -> None:
+        from ..sources import source_for_path
+
+        self.source = source_for_path(mappings, context)
+        self.context = self.source.load_context(context)
+        self.settings = settings
+        self.allow_bad_references = allow_bad_references
+
+    def parkeys(self) -> Any:
+        return self.context.required_parkeys()
+
+    def answer(self, items: list[Item]) -> None:
+        for item in items:
+            try:
+                refs = self.context.best_references(
+                    item.header, bad_files=self.source.bad_files,
+                    allow_bad_references=self.allow_bad_references,
+                    allow_bad_rules=self.settings.allow_bad_rules,
+                )
+                item.bestrefs = _plain(refs)
+            except Exception as exc:  # per-header failure, reported in the output
+                item.error = _describe(exc)
+
+
+class RemoteAnswers:
+    """Answers from a CRDS server, batched by its ``max_bestrefs_per_rpc``.
+
+    Like crds' client, the bad-file checks are applied here with the server's
+    ``bad_files_list``.
+    """
+
+    def __init__(self, context: str, server: str, settings: Settings,
+                 allow_bad_references: bool) -> None:
+        from ..client.rpc import CrdsClient
+
+        self.client = CrdsClient(server, connect_timeout=settings.connect_timeout,
+                                 read_timeout=settings.read_timeout, retries=settings.retries,
+                                 backoff=settings.backoff)
+        self.context_name = context
+        self.settings = settings
+        self.allow_bad_references = allow_bad_references
+        info = self.client.get_server_info()
+        self.bad_files = frozenset(info.get("bad_files_list") or [])
+        try:
+            self.batch = max(1, int(info.get("max_bestrefs_per_rpc") or _DEFAULT_BATCH))
+        except (TypeError, ValueError):
+            self.batch = _DEFAULT_BATCH
+        self._bad_rules: list[str] | None = None
+
+    def parkeys(self) -> Any:
+        return self.client.get_required_parkeys(self.context_name)
+
+    def answer(self, items: list[Item]) -> None:
+        for start in range(0, len(items), self.batch):
+            chunk = items[start:start + self.batch]
+            headers = {f"h{start + i}": _screen(item.header) for i, item in enumerate(chunk)}
+            answers = self.client.get_best_references_by_header_map(self.context_name, headers)
+            for i, item in enumerate(chunk):
+                self._take(item, answers.get(f"h{start + i}") if isinstance(answers, dict) else None)
+
+    def _take(self, item: Item, value: Any) -> None:
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            ok, payload = value
+            if ok and isinstance(payload, dict):
+                item.bestrefs = payload
+                self._check_bad(item)
+                return
+            message = str(payload)
+            message = message[len("FAILED: "):] if message.startswith("FAILED: ") else message
+            item.error = f"CrdsLookupError: {message}"
+        elif isinstance(value, dict):
+            item.bestrefs = value
+            self._check_bad(item)
+        else:
+            item.error = f"ServiceError: the server returned no answer for {item.label}"
+
+    def _check_bad(self, item: Item) -> None:
+        if not self.bad_files or item.bestrefs is None:
+            return
+        if not self.settings.allow_bad_rules:
+            if self._bad_rules is None:
+                names = self.client.get_mapping_names(self.context_name)
+                self._bad_rules = sorted(set(names) & self.bad_files)
+            if self._bad_rules:
+                item.error = (f"CrdsBadRulesError: Final context {self.context_name!r} is marked "
+                              f"as scientifically invalid based on: {self._bad_rules}")
+                item.bestrefs = None
+                return
+        for reftype, ref in item.bestrefs.items():
+            if isinstance(ref, str) and ref in self.bad_files and not self.allow_bad_references:
+                item.error = (f"CrdsBadReferenceError: Recommended reference {ref!r} of type "
+                              f"{reftype!r} is designated scientifically invalid.")
+                item.bestrefs = None
+                return
+
+
+def _screen(header: dict[str, Any]) -> dict[str, Any]:
+    """crds' parameter screening: only str/int/float/bool values are sent."""
+    return {k: v for k, v in header.items() if isinstance(v, (str, int, float, bool))}
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _print_json(items: list[Item]) -> None:
+    for item in items:
+        if item.error is not None:
+            record: dict[str, Any] = {"input": item.label, "error": item.error}
+        else:
+            record = {"input": item.label, "bestrefs": item.bestrefs}
+        click.echo(json.dumps(record, sort_keys=False))
+
+
+def _print_table(items: list[Item], context: str) -> None:
+    for item in items:
+        click.echo(f"== {item.label}  ({context})")
+        if item.error is not None:
+            click.echo(f"   ERROR {item.error}")
+            continue
+        refs = item.bestrefs or {}
+        width = max((len(k) for k in refs), default=0)
+        for reftype in sorted(refs):
+            value = refs[reftype]
+            shown = ", ".join(value) if isinstance(value, list) else str(value)
+            click.echo(f"   {reftype.ljust(width)}  {shown}")
+
+
+# --- command ----------------------------------------------------------------------------------
+
+
+@cli.command("bestrefs")
+@click.option("--context", "context", required=True, help="Pipeline context, e.g. hst_0729.pmap.")
+@click.option("--mappings", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Folder of mapping files, or a CRDS cache root "
+                                 "(DIR/mappings/<obs>/, bad files from DIR/config/<obs>/).")
+@click.option("--server", default=None, help="CRDS server URL for --remote "
+                                             "[default: $CRDS_SERVER_URL].")
+@click.option("--local/--remote", "local", default=None,
+              help="Compute with the crds-fs engine (default with --mappings) or ask the server.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per header and line.")
+@click.option("--allow-bad-references", is_flag=True,
+              help="Report references on the bad-files list instead of failing the header.")
+@click.argument("inputs", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+def bestrefs(context: str, mappings: Path | None, server: str | None, local: bool | None,
+             as_json: bool, allow_bad_references: bool, inputs: tuple[Path, ...]) -> None:
+    """Best references of dataset files (FITS/ASDF) or JSON/JSONL header files.
+
+    Exit status 0 when every input was read (per-header failures are in the output),
+    2 when an input cannot be read or parsed, 1 for other failures.
+    """
+    settings = Settings.from_env(server_url=server)
+    use_local = local if local is not None else mappings is not None
+    if mappings is not None and local is False:
+        raise click.UsageError("--mappings is for --local; use --server with --remote")
+    try:
+        if use_local:
+            folder = mappings or settings.cache_dir
+            answers: Any = LocalAnswers(context, folder, settings, allow_bad_references)
+        else:
+            answers = RemoteAnswers(context, settings.server_url, settings, allow_bad_references)
+    except CrdsFsError as exc:
+        where = f"mappings {mappings or settings.cache_dir}" if use_local else settings.server_url
+        raise ConfigError(f"cannot use context {context} from {where}: {exc}") from None
+    cached: list[Any] = []
+
+    def parkeys() -> Any:
+        if not cached:
+            cached.append(answers.parkeys())
+        return cached[0]
+
+    try:
+        items = read_inputs(inputs, parkeys)
+    except InputError as exc:
+        click.echo(f"crds-fs bestrefs: error: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    answers.answer(items)
+    if as_json:
+        _print_json(items)
+    else:
+        _print_table(items, context)
