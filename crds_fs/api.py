@@ -152,9 +152,10 @@ class Session:
         header = self.get_dataset_header(name, dataset)
         try:
             bestrefs = self.get_best_references(name, header, reftypes)
+            wanted = _wanted(bestrefs, strict=strict)
         except LookupFailure as exc:
             raise type(exc)(f"{dataset}: {exc}") from None
-        return self.cache_references(name, bestrefs, strict=strict)
+        return self.cache_references(name, wanted)
 
 
 def _wanted(bestrefs: Mapping[str, str], *, strict: bool) -> dict[str, str]:

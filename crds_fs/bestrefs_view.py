@@ -225,10 +225,14 @@ class BestrefsResolver:
         step = self.max_per_rpc()
         for start in range(0, len(keys), step):
             batch = {key: dict(headers[key]) for key in keys[start: start + step]}
-            try:
-                answer = client.get_best_references_by_header_map(context, batch, reftypes)
-            except ServiceError:
-                answer = {}
+            answer: Any = {}
+            if len(batch) > 1:
+                try:
+                    answer = client.get_best_references_by_header_map(context, batch, reftypes)
+                except ServiceError as exc:
+                    log.info("get_best_references_by_header_map refused the batch (%s); "
+                             "asking header by header", exc)
+            if not answer:
                 for key, header in batch.items():
                     try:
                         answer[key] = client.get_best_references(context, header, reftypes)
@@ -236,8 +240,30 @@ class BestrefsResolver:
                         answer[key] = _service_message(exc)
             for key in batch:
                 value = answer.get(key) if isinstance(answer, dict) else None
-                results[key] = _remote_outcome(value, key)
+                results[key] = self._check_bad(context, _remote_outcome(value, key))
         return results
+
+    def _check_bad(self, context: str, outcome: Outcome) -> Outcome:
+        """crds' client-side bad-file checks for server answers (the server leaves them to
+        clients): rules or a recommended reference on the bad files list fail the header
+        unless CRDS_ALLOW_BAD_RULES / CRDS_ALLOW_BAD_REFERENCES."""
+        bad = self.cache.catalog.bad_files
+        if outcome.error is not None or not bad:
+            return outcome
+        settings = self.cache.settings
+        if not settings.allow_bad_rules:
+            rules = sorted(set(self.mapping_names(context)) & bad)
+            if rules:
+                return Outcome({}, outcome.engine, f"CrdsBadRulesError: Final context "
+                               f"{context!r} is marked as scientifically invalid based on: "
+                               f"{rules}")
+        if not settings.allow_bad_references:
+            for reftype, name in sorted(outcome.bestrefs.items()):
+                if name in bad:
+                    return Outcome({}, outcome.engine, f"CrdsBadReferenceError: Recommended "
+                                   f"reference {name!r} of type {reftype!r} is designated "
+                                   "scientifically invalid.")
+        return outcome
 
     def _local(self, context: str, header: Mapping[str, str],
                reftypes: list[str] | None = None) -> Outcome:
@@ -266,10 +292,12 @@ def _remote_outcome(value: Any, key: str) -> Outcome:
         return Outcome({str(t).lower(): str(v) for t, v in value.items()}, "remote")
     if isinstance(value, str):
         return Outcome({}, "remote", value)
-    if isinstance(value, list | tuple) and len(value) == 2 and isinstance(value[1], dict):
-        ok, refs = value  # [ok, {type: name}] form of some server versions
-        if ok:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        ok, refs = value  # CRDS servers answer [True, {type: name}] or [False, "message"]
+        if ok and isinstance(refs, dict):
             return Outcome({str(t).lower(): str(v) for t, v in refs.items()}, "remote")
+        if not ok:
+            return Outcome({}, "remote", str(refs).removeprefix("FAILED: "))
     return Outcome({}, "remote", f"the server returned no answer for '{key}'")
 
 
@@ -554,8 +582,12 @@ class BestrefsView:
         key = (context, (str(path), stat.st_size, stat.st_mtime_ns))
         cached = self._headers.get(key)
         if cached is None:
+            stored_key = f"{_KEY}fileheader:{context}:{path}:{stat.st_size}:{stat.st_mtime_ns}"
+            cached = self.db.get(stored_key)
+        if cached is None:
             try:
                 cached = ds.read_header(path, self.resolver.required_parkeys(context))
+                self.db.set(stored_key, cached, expire=30 * 86400)
             except DatasetError as exc:
                 cached = exc
             if len(self._headers) > 10000:

@@ -154,6 +154,12 @@ class NotASymlinkError(NamespaceError):
     errno = errno.EINVAL
 
 
+class AccessDeniedError(NamespaceError):
+    """access(2) asked for a permission the path does not grant (e.g. executing a file)."""
+
+    errno = errno.EACCES
+
+
 class UnsupportedAttributeError(NamespaceError):
     """An extended-attribute namespace the mount does not implement (security.*, system.*).
 

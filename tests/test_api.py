@@ -7,6 +7,10 @@ tests/test_bestrefs_view.py).  Every answer is compared with what the demo's rul
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +33,8 @@ def sha1(path: str | Path) -> str:
 
 
 @pytest.fixture
-def server(serve, demo_root: Path, tmp_path: Path):
+def server(serve, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CRDS_FS_DATASETS_INDEX", str(tmp_path / "datasets-index"))
     return serve(demo_root, "--datasets", str(demo_root / "datasets"),
                  "--index", str(tmp_path / "serve-index"))
 
@@ -140,3 +145,45 @@ def test_explicit_server_and_cache_arguments(server, demo_root: Path, tmp_path: 
         api.close_sessions()
     assert result == {t: str(cache / "references" / "hst" / n)
                       for t, n in found(EXPECTED["l9demo01q_rawtag.fits"][CONTEXT]).items()}
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crds_fs.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=120)
+
+
+def test_cli_dataset_ids_and_cache_references(server, demo_root: Path, tmp_path: Path) -> None:
+    env = {"CRDS_SERVER_URL": server.url, "CRDS_FS_CACHE": str(tmp_path / "cli-cache")}
+    dataset = demo_root / "datasets" / "l9demo01q_rawtag.fits"
+    result = run_cli("bestrefs", "--context", CONTEXT, "--remote", "--json",
+                     "--cache-references", "J9DEMO01Q", "i9demo02q", "NOSUCH01Q", str(dataset),
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["input"] for r in records] == ["J9DEMO01Q", "i9demo02q", "NOSUCH01Q",
+                                             str(dataset)]
+    for record, name in zip(records, ["j9demo01q_raw.fits", "i9demo02q_raw.fits", None,
+                                      "l9demo01q_rawtag.fits"], strict=True):
+        if name is None:
+            assert "NOSUCH01Q" in record["error"] and "bestrefs" not in record
+            continue
+        expected = EXPECTED[name][CONTEXT]
+        assert record["bestrefs"] == expected
+        assert {t: Path(p).name for t, p in record["paths"].items()} == found(expected)
+        assert all(Path(p).is_file() for p in record["paths"].values())
+    table = run_cli("bestrefs", "--context", CONTEXT, "--remote", "--cache-references",
+                    "J9DEMO02Q", env=env)
+    assert str(tmp_path / "cli-cache" / "references" / "hst" / "hst_acs_flshfile_9401.fits") \
+        in table.stdout
+    local = run_cli("bestrefs", "--context", CONTEXT, "--mappings", str(demo_root),
+                    "J9DEMO01Q", env=env)
+    assert local.returncode == 2 and "--remote" in local.stderr
+
+
+@pytest.mark.parametrize("engine", ["remote", "local"])
+def test_bad_reference_fails_like_crds(env: Path, engine: str) -> None:
+    """A header selecting the reference on the server's bad files list is an error, whether
+    the server (check done client-side, as crds does) or the local engine decides."""
+    header = {**spec.DATASETS[0].keywords, "DATE-OBS": "2007-01-01"}
+    with pytest.raises(LookupFailure, match="CrdsBadReferenceError.*" + spec.BAD_REFERENCE):
+        api.get_best_references(CONTEXT, header, engine=engine)

@@ -21,6 +21,7 @@ import pytest
 from astropy.io import fits
 
 from crds_fs import api
+from crds_fs.client.rpc import CrdsClient
 from crds_fs.demo import spec
 from crds_fs.demo.generate import generate
 from tests.mounting import needs_fuse, wait_until
@@ -147,7 +148,8 @@ def test_ln_s_registers_and_rm_forgets(mounter, server, demo_root: Path,
         (lambda: os.symlink(mine, bestrefs / "mine" / "extra"), errno.EPERM),
         (lambda: os.mkdir(bestrefs / "newdir"), errno.EROFS),
         (lambda: open(bestrefs / "new.txt", "w"), errno.EROFS),  # noqa: SIM115
-        (lambda: os.unlink(bestrefs / "l9demo01q_rawtag"), errno.EPERM),
+        (lambda: os.unlink(bestrefs / "l9demo01q_rawtag"), errno.EISDIR),  # the kernel says
+        (lambda: os.rmdir(bestrefs / "l9demo01q_rawtag"), errno.EROFS),
         (lambda: os.unlink(bestrefs / "mine" / "darkfile"), errno.EPERM),
         (lambda: os.rename(bestrefs / "mine", bestrefs / "other"), errno.EROFS),
         (lambda: open(bestrefs / "mine" / "bestrefs.json", "w"), errno.EROFS),  # noqa: SIM115
@@ -228,8 +230,10 @@ def test_answers_survive_remounts_and_offline_is_local(mounter, server, demo_roo
     assert rpc_count(server, "get_best_references_by_header_map") == 1  # one batch for all
     # The view caches the context's mappings in the background for offline use.
     mappings = cache / "mappings" / "hst"
-    assert wait_until(lambda: (mappings / "hst_wfc3_darkfile_9501.rmap").exists()
-                      and (mappings / CONTEXT).exists(), 20)
+    assert wait_until(lambda: f"mappings of {CONTEXT} for offline use" in first.log(), 20)
+    with CrdsClient(server.url) as client:
+        names = client.get_mapping_names(CONTEXT)
+    assert len(names) > 10 and all((mappings / name).is_file() for name in names)
     assert first.umount().returncode == 0
 
     second = mounter(server.url, "--datasets", str(datasets), cache_dir=cache)

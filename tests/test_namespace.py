@@ -179,6 +179,8 @@ def test_every_write_is_erofs(source: MountSource) -> None:
     for call, *args in calls:
         assert errno_of(call, *args) == errno.EROFS, (call.__name__, args)
     source.access(REF_PATH, os.R_OK)
+    source.access("/references/hst", os.R_OK | os.X_OK)
+    assert errno_of(source.access, REF_PATH, os.X_OK) == errno.EACCES
     assert errno_of(source.open, "/references/hst", os.O_RDONLY) == errno.EISDIR
 
 

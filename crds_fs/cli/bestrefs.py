@@ -64,8 +64,8 @@ def _header_of(value: Any, where: str) -> dict[str, Any]:
     if isinstance(value, dict) and isinstance(value.get("header"), dict):
         value = value["header"]
     if not isinstance(value, dict):
-        raise InputError(f"{where}: expected a JSON object of KEY: value (or {{\"header\": {{...}}}}), "
-                         f"got {type(value).__name__}")
+        raise InputError(f"{where}: expected a JSON object of KEY: value "
+                         f"(or {{\"header\": {{...}}}}), got {type(value).__name__}")
     return value
 
 
@@ -88,7 +88,9 @@ def _json_items(path: Path) -> Iterator[Item]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        raise InputError(
+            f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})"
+        ) from None
     if isinstance(value, list):
         for index, entry in enumerate(value, start=1):
             where = f"{path}:{index}"
@@ -192,8 +194,10 @@ class RemoteAnswers:
             chunk = items[start:start + self.batch]
             headers = {f"h{start + i}": _screen(item.header) for i, item in enumerate(chunk)}
             answers = self.client.get_best_references_by_header_map(self.context_name, headers)
+            if not isinstance(answers, dict):
+                answers = {}
             for i, item in enumerate(chunk):
-                self._take(item, answers.get(f"h{start + i}") if isinstance(answers, dict) else None)
+                self._take(item, answers.get(f"h{start + i}"))
 
     def _take(self, item: Item, value: Any) -> None:
         if isinstance(value, (list, tuple)) and len(value) == 2:
@@ -239,16 +243,22 @@ def _screen(header: dict[str, Any]) -> dict[str, Any]:
 # --- output -----------------------------------------------------------------------------------
 
 
-def _print_json(items: list[Item]) -> None:
-    for item in items:
+def _print_json(items: list[Item], paths: dict[int, dict[str, str]] | None = None) -> None:
+    for number, item in enumerate(items):
         if item.error is not None:
             record: dict[str, Any] = {"input": item.label, "error": item.error}
         else:
             record = {"input": item.label, "bestrefs": item.bestrefs}
+            if paths is not None:
+                record["paths"] = paths.get(number, {})
         click.echo(json.dumps(record, sort_keys=False))
 
 
-def _print_table(items: list[Item], context: str) -> None:
+def _print_table(items: list[Item], context: str,
+                 paths: dict[int, dict[str, str]] | None = None) -> None:
+    if paths is not None:
+        _print_paths(items, context, paths)
+        return
     for item in items:
         click.echo(f"== {item.label}  ({context})")
         if item.error is not None:
@@ -260,6 +270,74 @@ def _print_table(items: list[Item], context: str) -> None:
             value = refs[reftype]
             shown = ", ".join(value) if isinstance(value, list) else str(value)
             click.echo(f"   {reftype.ljust(width)}  {shown}")
+
+
+# --- dataset IDs and --cache-references (bestrefs/ issue) ------------------------------------
+
+
+def is_dataset_id(path: Path) -> bool:
+    """An INPUT that names no file but looks like a dataset ID (J8IS01J0Q, X:Y)."""
+    from ..datasets import is_valid_id
+
+    text = str(path)
+    return (not path.exists() and "/" not in text and is_valid_id(text)
+            and path.suffix.lower() not in (".json", ".jsonl") and not is_dataset_file(path))
+
+
+def _read_with_ids(inputs: tuple[Path, ...], parkeys: Any, answers: Any,
+                   context: str) -> list[Item]:
+    """Items of every input in order; dataset IDs get their headers from the server in one
+    get_dataset_headers_by_id call (an unknown ID is that item's error)."""
+    ids = [str(path) for path in inputs if is_dataset_id(path)]
+    headers: dict[str, Any] = {}
+    if ids:
+        client = getattr(answers, "client", None)
+        if client is None:
+            raise InputError(f"{ids[0]}: not a file; dataset IDs need --remote (their headers "
+                             "come from the server's get_dataset_headers_by_id)")
+        try:
+            headers = client.get_dataset_headers_by_id(context, ids)
+        except CrdsFsError as exc:
+            raise InputError(f"dataset IDs {', '.join(ids)}: {exc}") from None
+    items: list[Item] = []
+    for path in inputs:
+        if not is_dataset_id(path):
+            items.extend(read_inputs((path,), parkeys))
+            continue
+        header = headers.get(str(path)) if isinstance(headers, dict) else None
+        if isinstance(header, dict):
+            items.append(Item(str(path), header))
+        else:
+            items.append(Item(str(path), {}, error=f"DatasetError: {header or 'no header'}"))
+    return items
+
+
+def _cache_references(items: list[Item], context: str,
+                      settings: Settings) -> dict[int, dict[str, str]]:
+    """{item number: {reftype: local path}}: every reference found, fetched and verified
+    through the crds-fs cache (types without a reference are left out, as crds does)."""
+    from ..api import close_sessions, session
+
+    cache = session(server=settings.server_url, cache_dir=settings.cache_dir)
+    try:
+        return {number: cache.cache_references(context, {
+                    t: v for t, v in (item.bestrefs or {}).items() if isinstance(v, str)},
+                    strict=False)
+                for number, item in enumerate(items) if item.error is None}
+    finally:
+        close_sessions()
+
+
+def _print_paths(items: list[Item], context: str, paths: dict[int, dict[str, str]]) -> None:
+    for number, item in enumerate(items):
+        click.echo(f"== {item.label}  ({context})")
+        if item.error is not None:
+            click.echo(f"   ERROR {item.error}")
+            continue
+        local = paths.get(number, {})
+        width = max((len(k) for k in local), default=0)
+        for reftype in sorted(local):
+            click.echo(f"   {reftype.ljust(width)}  {local[reftype]}")
 
 
 # --- command ----------------------------------------------------------------------------------
@@ -277,11 +355,16 @@ def _print_table(items: list[Item], context: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per header and line.")
 @click.option("--allow-bad-references", is_flag=True,
               help="Report references on the bad-files list instead of failing the header.")
+@click.option("--cache-references", is_flag=True,
+              help="Fetch (and verify) the chosen references into the crds-fs cache and print "
+                   "their local paths.")
 @click.argument("inputs", nargs=-1, required=True,
                 type=click.Path(dir_okay=False, path_type=Path))
 def bestrefs(context: str, mappings: Path | None, server: str | None, local: bool | None,
-             as_json: bool, allow_bad_references: bool, inputs: tuple[Path, ...]) -> None:
-    """Best references of dataset files (FITS/ASDF) or JSON/JSONL header files.
+             as_json: bool, allow_bad_references: bool, cache_references: bool,
+             inputs: tuple[Path, ...]) -> None:
+    """Best references of dataset files (FITS/ASDF), JSON/JSONL header files, or (with
+    --remote) dataset IDs the server knows, e.g. J8IS01J0Q.
 
     Exit status 0 when every input was read (per-header failures are in the output),
     2 when an input cannot be read or parsed, 1 for other failures.
@@ -307,12 +390,13 @@ def bestrefs(context: str, mappings: Path | None, server: str | None, local: boo
         return cached[0]
 
     try:
-        items = read_inputs(inputs, parkeys)
+        items = _read_with_ids(inputs, parkeys, answers, context)
     except InputError as exc:
         click.echo(f"crds-fs bestrefs: error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
-    answers.answer(items)
+    answers.answer([item for item in items if item.error is None])
+    paths = _cache_references(items, context, settings) if cache_references else None
     if as_json:
-        _print_json(items)
+        _print_json(items, paths)
     else:
-        _print_table(items, context)
+        _print_table(items, context, paths)

@@ -13,6 +13,7 @@ to a lazy unmount when busy) and waits for the daemon to exit.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import os
@@ -37,6 +38,8 @@ READY_TIMEOUT = 120.0
 #: how long `umount` waits for the daemon to exit after the unmount
 EXIT_TIMEOUT = 30.0
 STATS = (".crds-fs", "stats")
+#: kernel readahead for the mount (KiB): lets the kernel ask for 1 MiB reads, several ahead
+READAHEAD_KB = 4096
 LOG_FORMAT = "%(asctime)s crds-fs[%(process)d] %(levelname)s %(name)s: %(message)s"
 
 
@@ -105,7 +108,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
         return
     check_mountpoint(mountpoint)
     log_path = log_file or Path(settings.cache_dir) / "logs" / "mount.log"
-    args = _child_args(ctx, mountpoint, log_path)
+    args = _child_args(ctx, settings, mountpoint)
     info = start_daemon(args, mountpoint, log_path, ready_timeout)
     mount = info.get("mount", {})
     state = "online" if mount.get("online") else "OFFLINE (cached files only)"
@@ -114,22 +117,33 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
                f"log {log_path}")
 
 
-def _child_args(ctx: click.Context, mountpoint: Path, log_path: Path) -> list[str]:
-    """The command line of the daemon: this one, in foreground mode, reporting on a pipe."""
-    params = ctx.params
-    args = ["mount", str(mountpoint), "--foreground"]
-    for option, key in (("--server", "server_url"), ("--cache", "cache_dir"),
-                        ("--context", "context"), ("--observatory", "observatory"),
-                        ("--read-timeout", "read_timeout"), ("--retries", "retries"),
-                        ("--datasets", "datasets"), ("--engine", "engine"), ("--poll", "poll")):
-        if params.get(key) is not None:
-            value = params[key]
-            resolve = key in ("cache_dir", "datasets")
-            args += [option, str(Path(value).resolve()) if resolve else str(value)]
-    if params.get("offline"):
-        args.append("--offline")
-    for opt in params.get("fuse_opts") or ():
-        args += ["-o", opt]
+#: options the parent handles itself or states explicitly for the daemon
+_NOT_FORWARDED = frozenset({"mountpoint", "foreground", "status_fd", "log_file", "ready_timeout",
+                            "server_url", "cache_dir", "context", "observatory"})
+
+
+def _child_args(ctx: click.Context, settings: Settings, mountpoint: Path) -> list[str]:
+    """The daemon's command line: this one, in foreground mode, with the settings explicit
+    (the cache as an absolute path: the daemon runs in /) and every other option given on
+    this command line forwarded as is (so options added later need no change here)."""
+    args = ["mount", str(mountpoint), "--foreground", "--server", settings.server_url,
+            "--cache", str(Path(settings.cache_dir).resolve())]
+    if settings.context is not None:
+        args += ["--context", settings.context]
+    if settings.observatory is not None:
+        args += ["--observatory", settings.observatory]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if (param.name in _NOT_FORWARDED or not isinstance(param, click.Option)
+                or value is None or value == param.default or value == ()):
+            continue
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            args.append(flag)
+            continue
+        for item in value if param.multiple else (value,):
+            text = str(Path(item).resolve()) if isinstance(item, Path) else str(item)
+            args += [flag, text]
     verbose = ctx.find_root().params.get("verbose", 0)
     return ["-v"] * verbose + args
 
@@ -199,6 +213,7 @@ def start_daemon(args: list[str], mountpoint: Path, log_path: Path,
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log_out, stderr=subprocess.STDOUT,
                 pass_fds=(write_fd,), start_new_session=True, close_fds=True,
+                cwd="/",  # never pin the caller's directory (or its filesystem)
             )
         finally:
             os.close(write_fd)
@@ -351,7 +366,11 @@ def _prepare(settings: Settings, mountpoint: Path, offline: bool,
         log.info("mounted %s (pid %d)", mountpoint, os.getpid())
         status.send("ready")
 
-    return cache, CrdsOperations(source, on_init=ready)
+    # The catalog and everything loaded so far live as long as the mount: keep them out of
+    # the garbage collector's scans (which otherwise walk 44k catalog entries repeatedly).
+    gc.collect()
+    gc.freeze()
+    return cache, CrdsOperations(source, on_init=ready, readahead_kb=READAHEAD_KB)
 
 
 def _parse_fuse_opts(opts: tuple[str, ...]) -> dict[str, Any]:

@@ -19,6 +19,8 @@ import errno
 import functools
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -37,10 +39,14 @@ FUSE_FILL_DIR_PLUS = 1 << 1
 FUSE_BUF_IS_FD = 1 << 1
 FUSE_BUF_FD_SEEK = 1 << 2
 FUSE_CAP_SPLICE_WRITE = 1 << 7
+FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
 FUSE_CAP_SPLICE_MOVE = 1 << 8
 FUSE_CAP_READDIRPLUS = 1 << 13
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 FUSE_CAP_PARALLEL_DIROPS = 1 << 18
+
+#: largest read request the kernel sends (see fuse_options)
+MAX_READ = 512 * 1024
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.malloc.restype = ctypes.c_void_p
@@ -103,10 +109,15 @@ class CrdsOperations(mfusepy.Operations):
         *,
         on_init: Callable[[], None] | None = None,
         on_destroy: Callable[[], None] | None = None,
+        readahead_kb: int = 0,
     ) -> None:
         self.source = source
         self.on_init = on_init
         self.on_destroy = on_destroy
+        #: kernel readahead to set for the mount once it is up (0: leave the default)
+        self.readahead_kb = readahead_kb
+        #: must equal the max_read mount option (libfuse refuses a mismatch); see run_fuse
+        self.max_read = 0
         #: set once the kernel has talked to us: the mount was up
         self.initialized = False
 
@@ -114,14 +125,24 @@ class CrdsOperations(mfusepy.Operations):
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         if conn is not None:
+            conn.max_read = self.max_read
             # Always send attributes with listings (not only for the first chunk), and let
             # libfuse splice file data straight from the cache file into /dev/fuse.
             conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
+            # Files never change: no attribute check before every cached read.
+            conn.want &= ~FUSE_CAP_AUTO_INVAL_DATA
             for cap in (FUSE_CAP_READDIRPLUS, FUSE_CAP_SPLICE_WRITE, FUSE_CAP_SPLICE_MOVE,
                         FUSE_CAP_PARALLEL_DIROPS):
                 if conn.capable & cap:
                     conn.want |= cap
+            log.debug("FUSE connection: protocol %d.%d, capable %#x, want %#x, max_write %d, "
+                     "max_read %d, max_readahead %d", conn.proto_major, conn.proto_minor,
+                     conn.capable, conn.want, conn.max_write, conn.max_read, conn.max_readahead)
         self.initialized = True
+        mountpoint = self.source.env.mountpoint
+        if self.readahead_kb and mountpoint:
+            threading.Thread(target=set_readahead, args=(mountpoint, self.readahead_kb),
+                             name="crds-fs-readahead", daemon=True).start()
         if self.on_init is not None:
             self.on_init()
 
@@ -163,8 +184,8 @@ class CrdsOperations(mfusepy.Operations):
         return self.source.readinto(fh, buffer, offset)
 
     @translate
-    def fileno(self, fh: int) -> int | None:
-        return self.source.handle(fh).fileno()
+    def read_fd(self, fh: int, size: int) -> int | None:
+        return self.source.read_fd(fh, size)
 
     def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fh: Any) -> int:
         # Present so mfusepy registers the callback; CrdsFUSE.read_buf does the work.
@@ -321,7 +342,7 @@ class CrdsFUSE(mfusepy.FUSE):
         Handles without a descriptor (generated files) get a malloc'ed memory buffer.
         """
         fh = fip.contents.fh
-        fd = self.operations.fileno(fh)
+        fd = self.operations.read_fd(fh, size)
         vec_ptr = _libc.malloc(ctypes.sizeof(_BufVec))
         if not vec_ptr:
             return -errno.ENOMEM
@@ -348,6 +369,48 @@ class CrdsFUSE(mfusepy.FUSE):
         return 0
 
 
+def mount_device(mountpoint: str) -> str | None:
+    """'major:minor' of the FUSE mount at *mountpoint* (from /proc/self/mountinfo)."""
+    target = os.path.abspath(mountpoint)
+    with open("/proc/self/mountinfo", encoding="utf-8") as lines:
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == target and " - fuse" in line:
+                return fields[2]
+    return None
+
+
+def set_readahead(mountpoint: str, kb: int, timeout: float = 10.0) -> bool:
+    """Raise the kernel readahead of the mount (its bdi in sysfs); needs root.
+
+    The FUSE default of 128 KiB makes the kernel ask for a large file in 128 KiB pieces;
+    a few MiB lets it ask for 1 MiB requests, several in flight, which roughly doubles the
+    first-read throughput.  The kernel only adapts readahead to sequential access, so random
+    access (FITS memmap) does not pay for it.  Failure (not root) only costs speed.
+    """
+    deadline = time.monotonic() + timeout
+    device = None
+    while device is None and time.monotonic() < deadline:
+        device = mount_device(mountpoint)
+        if device is None:
+            time.sleep(0.05)
+    if device is None:
+        log.debug("mount %s not found in mountinfo; readahead left as is", mountpoint)
+        return False
+    knob = f"/sys/class/bdi/{device}/read_ahead_kb"
+    try:
+        # The kernel caps readahead when it processes libfuse's INIT reply, which happens
+        # after the init callback: a stat answered by the mount proves that is done.
+        os.stat(mountpoint)
+        with open(knob, "w", encoding="ascii") as out:
+            out.write(str(int(kb)))
+    except OSError as exc:
+        log.debug("cannot set %s to %d: %s (readahead left as is)", knob, kb, exc)
+        return False
+    log.debug("readahead of %s set to %d KiB", mountpoint, kb)
+    return True
+
+
 def fuse_options(*, attr_timeout: float = 86400.0, max_threads: int = 64,
                  auto_unmount: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Mount options: kernel caching on (files are immutable), enough worker threads.
@@ -362,6 +425,10 @@ def fuse_options(*, attr_timeout: float = 86400.0, max_threads: int = 64,
         "entry_timeout": attr_timeout,
         "negative_timeout": attr_timeout,
         "max_threads": max_threads,
+        # 512 KiB reads: the largest whose splice pipe fits the default pipe-max-size
+        # (1 MiB), so libfuse moves file pages into the reply without copying them through
+        # a malloc'ed buffer (1 MiB requests silently fall back to pread + writev).
+        "max_read": MAX_READ,
     }
     if auto_unmount:
         options["auto_unmount"] = True
@@ -374,6 +441,7 @@ def run_fuse(operations: CrdsOperations, mountpoint: str, **options: Any) -> Non
 
     libfuse installs SIGINT/SIGTERM/SIGHUP handlers that end the loop and unmount cleanly.
     """
+    operations.max_read = int(options.get("max_read") or 0)
     try:
         CrdsFUSE(operations, os.fspath(mountpoint), raw_fi=True, foreground=True,
                  nothreads=False, **options)
@@ -381,7 +449,8 @@ def run_fuse(operations: CrdsOperations, mountpoint: str, **options: Any) -> Non
         if operations.initialized:
             # libfuse reports status 8 when a signal (SIGTERM, SIGINT) ended the loop; the
             # mount was up and has been taken down cleanly.
-            log.info("FUSE loop for %s ended by a signal (status %s)", mountpoint, exc)
+            log.info("FUSE loop for %s ended (libfuse status %s: a signal, or the libfuse "
+                     "error logged just above)", mountpoint, exc)
             return
         raise MountError(
             f"libfuse could not mount or serve {mountpoint} (status {exc}); its own message "

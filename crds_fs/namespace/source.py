@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
+    AccessDeniedError,
     ConfigError,
     IsADirError,
     NoSuchPathError,
@@ -172,6 +173,14 @@ class MountSource:
         self._count("reads", count)
         return count
 
+    def read_fd(self, fh: int, size: int) -> int | None:
+        """The descriptor the glue may read *size* bytes of *fh* from itself (counted as a
+        read), or None when the handle has none (then use readinto)."""
+        fd = self.handle(fh).fileno()
+        if fd is not None:
+            self._count("reads", size)
+        return fd
+
     def release(self, path: str, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if handle is not None:
@@ -196,10 +205,13 @@ class MountSource:
         return provider.listxattr(parts)
 
     def access(self, path: str, mode: int) -> None:
-        """access(2): the path must exist; asking for write access is EROFS."""
-        self.getattr(path)
+        """access(2) by the modes shown: the path must exist, writing is EROFS, and only
+        directories can be searched (no CRDS file is executable)."""
+        attrs = self.getattr(path)
         if mode & os.W_OK:
             raise ReadOnlyError(f"{path}: the crds-fs mount is read-only")
+        if mode & os.X_OK and not attrs["st_mode"] & 0o111:
+            raise AccessDeniedError(f"{path}: not executable")
 
     def statfs(self) -> dict[str, int]:
         """Sizes df shows: the catalog's total size, nothing free (read-only)."""

@@ -8,8 +8,9 @@ DIR is one dataset whose ID is its archive-style name (``j8is01j0q_raw.fits`` ->
 
 Headers are read once (header units only, never data) and kept in a diskcache index keyed
 by path, size and mtime, so a restarted server answers without opening a file and a changed
-file is re-read.  The folder is re-walked (stat only) at most every `rescan_interval`
-seconds; a dataset added, removed or rewritten shows up on the next request after that.
+file is re-read.  Each request stats the folders (a file added, removed or renamed moves
+its folder's mtime, and triggers a re-walk, stat only); files rewritten in place are noticed
+by a full re-walk at most `rescan_interval` seconds apart.
 
 Per-ID failures (unknown ID, unreadable file) are crds-style error *strings* in the answer,
 never a whole-call error: one bad dataset must not hide the others.
@@ -62,7 +63,7 @@ class DatasetRecord:
 class DatasetIndex:
     """The datasets of one folder, indexed by ID; thread-safe, refreshed on demand."""
 
-    def __init__(self, directory: Path, index_dir: Path, *, rescan_interval: float = 1.0) -> None:
+    def __init__(self, directory: Path, index_dir: Path, *, rescan_interval: float = 10.0) -> None:
         self.directory = Path(directory).resolve()
         if not self.directory.is_dir():
             raise DatasetError(
@@ -77,6 +78,8 @@ class DatasetIndex:
         self._records: dict[str, DatasetRecord] = {}
         self._by_id: dict[str, DatasetRecord] = {}
         self._last_scan = -1.0e9
+        self._dirs: list[Path] = []
+        self._dir_signature: tuple[int, ...] = ()
         stored = self.index.get(self._key)
         if isinstance(stored, dict):
             self._records = {rel: DatasetRecord(**fields) for rel, fields in stored.items()}
@@ -88,12 +91,16 @@ class DatasetIndex:
     # --- indexing ---------------------------------------------------------------------------
 
     def refresh(self, *, force: bool = False) -> None:
-        """Re-walk the folder (stat only) unless that happened less than an interval ago."""
+        """Re-walk the folder (stat only) when a folder changed (a file was added, removed
+        or renamed: its folder's mtime moves) or an interval passed (in-place rewrites)."""
         with self._lock:
             now = time.monotonic()
-            if not force and now - self._last_scan < self.rescan_interval:
+            if (not force and now - self._last_scan < self.rescan_interval
+                    and _signature(self._dirs) == self._dir_signature):
                 return
             self._last_scan = now
+            self._dirs = _folders(self.directory)
+            self._dir_signature = _signature(self._dirs)
             records, read = self._scan()
             if records != self._records:
                 self._records = records
@@ -143,6 +150,25 @@ class DatasetIndex:
         unique = {record.path: record for record in self._by_id.values()}
         return sorted((r for r in unique.values() if r.header is not None),
                       key=lambda r: r.dataset_id)
+
+
+def _folders(root: Path) -> list[Path]:
+    """*root* and every non-hidden folder below it."""
+    found = [root]
+    for current, subdirs, _files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        found.extend(Path(current) / d for d in subdirs)
+    return found
+
+
+def _signature(folders: list[Path]) -> tuple[int, ...]:
+    stamps = []
+    for folder in folders:
+        try:
+            stamps.append(folder.stat().st_mtime_ns)
+        except OSError:
+            stamps.append(-1)
+    return tuple(stamps)
 
 
 def vars_of(record: DatasetRecord) -> dict[str, Any]:
