@@ -116,7 +116,8 @@ class Session:
         """The keywords of *dataset* that *context* matches on (its mappings are cached)."""
         name = self.context(context)
         self.dump_mappings(name)
-        return read_header(Path(dataset), self.resolver.required_parkeys(name))
+        # The keys come from the mappings just cached (as crds' get_minimum_header does).
+        return read_header(Path(dataset), self.resolver.local_context(name).required_parkeys())
 
     def get_best_references(self, context: str | None, header: Mapping[str, Any],
                             reftypes: Iterable[str] | None = None) -> dict[str, str]:

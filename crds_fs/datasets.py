@@ -237,8 +237,8 @@ def _fits_header(
 
     The primary header decides the instrument and so the keys needed; extension headers are
     loaded lazily only while needed keys are still missing.  Data is never read.  For JWST
-    (needed keys are data-model paths like META.INSTRUMENT.NAME) the FITS keywords cannot be
-    matched here, so the primary header is kept whole for the engine to translate.
+    (needed keys are data-model paths like META.INSTRUMENT.NAME) the FITS keywords standing
+    for needed paths are kept (see `with_fits_aliases`); the engine translates them.
     """
     from astropy.io import fits
 
@@ -254,7 +254,7 @@ def _fits_header(
                 if index == 0:
                     needed = needed_keys_for(parkeys, find_instrument(header))
                     if needed is not None and _wants_model_paths(needed):
-                        needed = None if parkeys is None else _keep_primary(header, needed)
+                        needed = with_fits_aliases(needed, header)
                 if needed is not None and all(key in header for key in needed):
                     break
     if index == -1:
@@ -267,9 +267,21 @@ def _wants_model_paths(needed: frozenset[str]) -> bool:
     return any("." in key for key in needed.difference(INSTRUMENT_KEYS))
 
 
-def _keep_primary(header: dict[str, str], needed: frozenset[str]) -> frozenset[str]:
-    """Needed set widened to every primary-header key (JWST FITS keywords for the engine)."""
-    return needed | frozenset(header)
+def with_fits_aliases(needed: frozenset[str], primary: Mapping[str, str]) -> frozenset[str]:
+    """*needed* (data-model paths, JWST) plus the FITS keywords that stand for them.
+
+    The engine translates FITS keywords to model paths with the table generated from
+    stdatamodels; keywords whose path is not needed are dropped here, as crds drops them.
+    Without the table, every primary-header keyword is kept for the engine to sort out.
+    """
+    try:
+        from .engine.observatories import jwst_keyword_table
+
+        table = jwst_keyword_table()
+    except (ImportError, OSError, ValueError, KeyError):
+        return needed | frozenset(primary)
+    return needed | frozenset(
+        key for key, paths in table.items() if any(path.upper() in needed for path in paths))
 
 
 def _iter_hdus(hdul: Any, path: Path) -> Iterator[Any]:

@@ -183,6 +183,20 @@ def http_get(url: str) -> tuple[float, int]:
     return time.perf_counter() - started, total
 
 
+def ensure_time(server: Server, cache_dir: Path) -> float:
+    """Seconds FileCache.ensure takes to fetch and verify the 256 MiB file (fresh cache)."""
+    from crds_fs.cache import FileCache
+    from crds_fs.config import Settings
+
+    settings = Settings(server_url=server.url, cache_dir=cache_dir, observatory="hst")
+    with FileCache.open(settings, observatory="hst") as cache:
+        started = time.perf_counter()
+        cache.ensure(MID)
+        elapsed = time.perf_counter() - started
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    return elapsed
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of *pid* in MB."""
     fields = {}
@@ -210,7 +224,8 @@ class Row:
     baseline: str
     ratio: float | None
     target: str
-    ok: bool
+    #: None for rows that only explain another one
+    ok: bool | None
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, str]]:
@@ -260,27 +275,38 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, str]]:
                         f"{statistics.median(fetch_ours):.2f} s",
                         f"{statistics.median(fetch_http):.2f} s (HTTP GET)", ratio,
                         "<= 1.1x HTTP", ratio <= 1.1))
+        # the share of the cache layer: FileCache.ensure in this process, no FUSE at all
+        ensure_times = [ensure_time(server, work / f"ensure-cache{n}")
+                        for n in range(args.samples)]
+        layer = statistics.median(ensure_times)
+        rows.append(Row("... of which the cache layer (download, sha1, write, commit; no FUSE)",
+                        f"{layer:.2f} s", f"{statistics.median(fetch_http):.2f} s (HTTP GET)",
+                        layer / statistics.median(fetch_http), "(diagnostic)", None))
 
         # the 1 GiB file: cache it, then native vs first vs repeat reads
         read_file(first.refs(BIG))  # download into the cache
         native_path = cache / "references" / "hst" / BIG
         size = native_path.stat().st_size
-        native = min(read_file(native_path)[0] for _ in range(args.samples))
-        first_reads, repeat_reads = [], []
+        natives, firsts, repeats = [], [], []
         for sample in range(args.samples):
+            # interleaved, so that drifts of this (virtual) machine hit both sides alike
+            natives.append(min(read_file(native_path)[0] for _ in range(3)))
             m = mount(server, work / f"mnt-read{sample}", cache, work / "mount.log")
             mounts.append(m)
-            first_reads.append(read_file(m.refs(BIG))[0])
-            repeat_reads.append(min(read_file(m.refs(BIG))[0] for _ in range(3)))
-            if sample < args.samples - 1:
-                umount(m)
-        first_s, repeat_s = min(first_reads), min(repeat_reads)
+            firsts.append(read_file(m.refs(BIG))[0])
+            repeats.append(min(read_file(m.refs(BIG))[0] for _ in range(3)))
+            umount(m)
+        native = statistics.median(natives)
+        repeat_ratio = statistics.median(n / r for n, r in zip(natives, repeats, strict=True))
+        first_ratio = statistics.median(n / f for n, f in zip(natives, firsts, strict=True))
         rows.append(Row(f"repeat read {size >> 20} MiB (cached, kernel page cache)",
-                        f"{gbps(repeat_s, size):.2f} GB/s", f"{gbps(native, size):.2f} GB/s "
-                        "(cache file)", native / repeat_s, ">= 0.9x", native / repeat_s >= 0.9))
+                        f"{gbps(statistics.median(repeats), size):.2f} GB/s",
+                        f"{gbps(native, size):.2f} GB/s (cache file)", repeat_ratio,
+                        ">= 0.9x", repeat_ratio >= 0.9))
         rows.append(Row(f"first read {size >> 20} MiB (cached file, fresh mount)",
-                        f"{gbps(first_s, size):.2f} GB/s", f"{gbps(native, size):.2f} GB/s "
-                        "(cache file)", native / first_s, ">= 0.3x", native / first_s >= 0.3))
+                        f"{gbps(statistics.median(firsts), size):.2f} GB/s",
+                        f"{gbps(native, size):.2f} GB/s (cache file)", first_ratio,
+                        ">= 0.3x", first_ratio >= 0.3))
 
         # memory of the daemon that listed 44k entries and read everything above
         rss, hwm = rss_mb(first.pid)
@@ -323,7 +349,7 @@ def table(rows: list[Row], info: dict[str, str]) -> str:
     for row in rows:
         ratio = "-" if row.ratio is None else f"{row.ratio:.2f}x"
         lines.append(f"| {row.what} | {row.ours} | {row.baseline} | {ratio} | {row.target} | "
-                     f"{'yes' if row.ok else 'NO'} |")
+                     f"{'-' if row.ok is None else 'yes' if row.ok else 'NO'} |")
     lines += [
         "",
         "Ratios: reads are baseline time / mount time (1.0 = as fast as reading the cache "
@@ -332,6 +358,34 @@ def table(rows: list[Row], info: dict[str, str]) -> str:
         "goes through the daemon, which hands libfuse the cache file's descriptor "
         "(read_buf) so bytes never pass through Python. `ls -l` gets sizes and modes from "
         "\"readdir plus\" replies, so it costs no per-file lookup.",
+        "",
+        "What limits the targets that are missed (measured on this machine while tuning):",
+        "",
+        "* **Repeat read** never reaches the daemon: it is the kernel copying from the FUSE "
+        "inode's page cache, which FUSE readahead fills with single pages "
+        "(`page_cache_ra_unbounded` in `perf`), so the copy does more per-page work than "
+        "from the cache file's own page cache. No mount option changes that; kernel FUSE "
+        "passthrough (libfuse >= 3.16 low-level API, FOPEN_PASSTHROUGH) would give native "
+        "speed for both reads, but libfuse 3.14 and mfusepy's high-level API cannot use it.",
+        "* **First read** is one request per 512 KiB through libfuse's worker threads "
+        "(splice from the cache file into /dev/fuse, no Python copy); what remains is the "
+        "kernel allocating and filling page-cache pages and the request round trips on 2 "
+        "CPUs. Tuning that was done: 4 MiB readahead (from 128 KiB) and `max_read` 512 KiB "
+        "so libfuse can splice (1 MiB requests need a pipe larger than pipe-max-size and "
+        "silently fall back to a malloc'ed copy, which also cost 60 MB of RSS): "
+        "1.3 -> 2-2.4 GB/s.",
+        "* **Cold fetch**: on loopback a plain GET runs at memory speed, while a fetch must "
+        "also hash (SHA-1 of 256 MiB alone takes longer than the GET), write and fsync the "
+        "file before it may be served (verify-before-serve). The diagnostic row shows the "
+        "cache layer alone accounts for most of it; the rest is reading the file back "
+        "through FUSE. Against a network-bound server (say 100 MB/s: 2.7 s for 256 MiB) the "
+        "same ~0.4 s of hashing and writing is ~1.15x; hashing in a second thread while the "
+        "body streams in (the cache layer's loop is serial today) would bring it under "
+        "1.1x.",
+        "* **ls -l** used to take 2.4-6.6 s for 44k entries: the kernel did one LOOKUP per "
+        "file (libfuse only forwards readdir-plus attributes for entries filled with "
+        "offsets) and `ls` asked `security.selinux` and `system.posix_acl_access` of every "
+        "file; answering ENOTSUP for those namespaces makes `ls` stop asking per device.",
     ]
     return "\n".join(lines)
 

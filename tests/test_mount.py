@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mounter, is_mounted, pid_alive, wait_until
+from tests.mounting import Mounter, is_mounted, mounted, needs_fuse, pid_alive, wait_until
 
-pytestmark = pytest.mark.fuse
+pytestmark = [pytest.mark.fuse, needs_fuse]
 
 SMALL = "hst_acs_bpixtab_9301.fits"
 BIG = "hst_acs_darkfile_9106.fits"
@@ -154,17 +154,19 @@ def test_unknown_names_are_enoent_without_requests(mounter: Mounter, demo_proxy)
     assert demo_proxy.count("GET") == 0 and demo_proxy.count("POST") == 0
 
 
-def test_stats_and_config_files(mounter: Mounter, demo_proxy) -> None:
+def test_stats_and_config_files(demo_proxy, tmp_path: Path) -> None:
     import ast
 
-    mount = mounter(demo_proxy.url, "--context", "hst_9000.pmap")
-    stats = mount.stats()
-    assert stats["mount"]["context"] == "hst_9000.pmap"
-    assert stats["mount"]["online"] is True
-    assert stats["mount"]["mountpoint"] == str(mount.mountpoint)
-    info = ast.literal_eval(mount.path("config", "hst", "server_config").read_text())
-    assert info["operational_context"] == "hst_9000.pmap"
-    assert mount.path("config", "hst", "ref_cache_subdir_mode").read_text().strip() == "flat"
+    with mounted(tmp_path, demo_proxy.url, "--context", "hst_9000.pmap") as mount:
+        stats = mount.stats()
+        assert stats["mount"]["context"] == "hst_9000.pmap"
+        assert stats["mount"]["online"] is True
+        assert stats["mount"]["mountpoint"] == str(mount.mountpoint)
+        info = ast.literal_eval(mount.path("config", "hst", "server_config").read_text())
+        assert info["operational_context"] == "hst_9000.pmap"
+        assert mount.path("config", "hst", "ref_cache_subdir_mode").read_text().strip() == "flat"
+        pid = mount.pid
+    assert not is_mounted(mount.mountpoint) and not pid_alive(pid)
 
 
 def test_umount_waits_for_the_daemon(mounter: Mounter, demo_proxy) -> None:

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from tests.helpers import ServerProcess
-from tests.mounting import Mounter
+from tests.mounting import Mounter, needs_fuse
 
-pytestmark = [pytest.mark.fuse, pytest.mark.crds]
+pytestmark = [pytest.mark.fuse, pytest.mark.crds, needs_fuse]
 
 CRDS_SCRIPT = r"""
 import json, sys

@@ -14,9 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mounter, fusermount_u, is_mounted, pid_alive, wait_until
+from tests.mounting import (
+    Mounter,
+    fusermount_u,
+    is_mounted,
+    needs_fuse,
+    pid_alive,
+    wait_until,
+)
 
-pytestmark = pytest.mark.fuse
+pytestmark = [pytest.mark.fuse, needs_fuse]
 
 #: a short read timeout and no retries make every fault fail fast
 FAST_FAIL = ("--read-timeout", "1.5", "--retries", "0")
@@ -75,6 +82,12 @@ def test_daemon_killed_mid_download_remounts_with_a_consistent_cache(
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert wait_until(lambda: demo_proxy.count("GET", victim) == 1, 30)
+        # a stalled download blocks only its own readers: the rest of the mount answers
+        for name in kept:
+            path = refs(first.mountpoint) / name
+            assert path.read_bytes() == (refs(demo_root) / name).read_bytes()
+        assert len(os.listdir(refs(first.mountpoint))) > len(kept)
+        assert reader.poll() is None  # still waiting for the victim
         first.kill(signal.SIGKILL)
         assert reader.wait(30) != 0
     finally:

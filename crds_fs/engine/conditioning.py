@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 # Same language as crds' NUMBER_RE: an optional sign, digits with an optional fraction and
@@ -35,6 +36,13 @@ _DONT_CARE_START = frozenset("-(N")
 
 def condition_value(value: Any) -> str:
     """Normalise one header or rmap value to the string form crds matches on."""
+    try:
+        return _condition_memo(value)
+    except TypeError:  # unhashable: not memoisable
+        return _condition(value)
+
+
+def _condition(value: Any) -> str:
     text = str(value).strip().upper()
     if not text:
         return text
@@ -45,10 +53,16 @@ def condition_value(value: Any) -> str:
     return _SPECIAL.get(text, text)
 
 
+# Header values repeat across datasets (PERFORM, OMIT, detector names, ...).  typed=True
+# keeps 1, 1.0 and True apart: they are equal as keys but condition differently.
+_condition_memo = lru_cache(maxsize=65536, typed=True)(_condition)
+
+
 def condition_header(header: Mapping[str, Any]) -> dict[str, str]:
     """Upper-case every key and condition every value (later duplicate keys win, like crds)."""
     upper = {str(key).upper(): value for key, value in header.items()}
-    return {key: condition_value(value) for key, value in upper.items()}
+    condition = condition_value
+    return {key: condition(value) for key, value in upper.items()}
 
 
 def screen_parameters(header: Mapping[Any, Any]) -> dict[str, Any]:

@@ -21,7 +21,6 @@ Two lookup entry points:
 
 from __future__ import annotations
 
-import posixpath
 import pprint
 import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -37,7 +36,12 @@ from ..errors import (
     MissingInstrumentError,
     UnknownInstrumentError,
 )
-from .conditioning import condition_header, screen_parameters, underscore_aliases
+from .conditioning import (
+    condition_header,
+    condition_value,
+    screen_parameters,
+    underscore_aliases,
+)
 from .exceptions import whole_call_error
 from .observatories import (
     INSTRUMENT_ALIASES,
@@ -61,6 +65,7 @@ from .rules import (
 Loader = Callable[[str], str]
 BestRefs = dict[str, Any]
 _MISSING = object()
+_SIMPLE = (str, float, int, bool)
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,7 +89,16 @@ class Instrument:
         return [(key, key.lower(), key.upper()) for key in [*self.required_parkeys, instrument_key]]
 
     def mapping_names(self) -> list[str]:
-        return sorted({self.imap.name, *(r.name for r in self.rmaps.values())})
+        return list(self.closure)
+
+    @property
+    def closure(self) -> tuple[str, ...]:
+        """Sorted names of the imap and its rmaps (computed once)."""
+        names = self.__dict__.get("_closure")
+        if names is None:
+            names = tuple(sorted({self.imap.name, *(r.name for r in self.rmaps.values())}))
+            object.__setattr__(self, "_closure", names)
+        return names
 
 
 class _Store:
@@ -152,6 +166,7 @@ class Context:
         self.policy: Observatory = observatory_policy(pmap.observatory)
         self._instruments: dict[str, Instrument] = {}  # verified instruments, by name
         self._header_keys: dict[str, list[tuple[str, str, str]]] = {}
+        self._bad_mappings: dict[tuple[str, frozenset[str]], list[str]] = {}
 
     @classmethod
     def load(cls, name: str, loader: Loader, *, ignore_checksum: bool = False,
@@ -235,7 +250,9 @@ class Context:
         Whole-call failures (no/unknown instrument, unloadable mappings) raise
         ``LookupFailure`` / ``MappingError`` subclasses carrying ``crds_name``.
         """
-        conditioned = condition_header(header)
+        return self._compute(condition_header(header), reftypes)
+
+    def _compute(self, conditioned: dict[str, str], reftypes: Iterable[str] | None) -> BestRefs:
         if reftypes is None:
             self.instrument(self._find_instrument(conditioned))
             include: list[str] = []
@@ -253,10 +270,19 @@ class Context:
         Raises ``BadRulesError`` if the instrument's mappings include a file of *bad_files*,
         ``BadReferenceError`` if a recommended reference is in it (unless allowed).
         """
-        parameters = screen_parameters(header)
         if self.policy.prepare_parameters is not None:
-            parameters = self.policy.prepare_parameters(parameters)
-        refs = self.compute_best_references(parameters, reftypes)
+            parameters = self.policy.prepare_parameters(screen_parameters(header))
+            conditioned = condition_header(parameters)
+        else:  # screening and conditioning in one pass (the common case)
+            parameters = header
+            conditioned = {}
+            condition = condition_value
+            for key, value in header.items():
+                if key.__class__ is not str and not isinstance(key, str):
+                    raise TypeError(f"Non-string key {key!r} in parameters.")
+                if isinstance(value, _SIMPLE):
+                    conditioned[key.upper()] = condition(value)
+        refs = self._compute(conditioned, reftypes)
         instrument = _header_to_instrument(parameters)
         bad = frozenset(bad_files)
         if bad:
@@ -269,7 +295,7 @@ class Context:
                 )
             if not bad:
                 continue
-            base = posixpath.basename(ref)
+            base = ref.rpartition("/")[2]  # os.path.basename (even of "NOT FOUND n/a")
             if base in bad and not allow_bad_references:
                 raise whole_call_error(
                     BadReferenceError, "CrdsBadReferenceError",
@@ -280,11 +306,19 @@ class Context:
 
     def bad_mappings(self, instrument: str, bad_files: Iterable[str]) -> list[str]:
         """Mappings of *instrument*'s closure (else of the whole context) in *bad_files*."""
-        try:
-            names = set(self.instrument(instrument).mapping_names())
-        except Exception:
-            names = set(self.mapping_names())
-        return sorted(names & set(bad_files))
+        bad = bad_files if isinstance(bad_files, frozenset) else frozenset(bad_files)
+        key = (instrument, bad)
+        found = self._bad_mappings.get(key)
+        if found is None:
+            try:
+                names = set(self.instrument(instrument).closure)
+            except Exception:
+                names = set(self.mapping_names())
+            found = sorted(names & bad)
+            if len(self._bad_mappings) > 256:
+                self._bad_mappings.clear()
+            self._bad_mappings[key] = found
+        return list(found)
 
     def _check_bad_rules(self, instrument: str, bad: frozenset[str], allow: bool) -> None:
         contained = self.bad_mappings(instrument, bad)
@@ -332,8 +366,10 @@ class Context:
         expr_header = underscore_aliases(header)
         memo: dict[Any, Any] = {}
         refs: BestRefs = {}
+        lower = bool(include)
         for reftype in wanted:
-            reftype = reftype.lower()
+            if lower:
+                reftype = reftype.lower()
             value = selections.get(reftype)
             if value is None:
                 refs[reftype] = f"NOT FOUND Unknown reference type {reftype!r}"
@@ -349,12 +385,16 @@ class Context:
 
 
 def _header_to_instrument(parameters: Mapping[str, Any]) -> str:
-    """crds' utils.header_to_instrument on the raw parameters (used by the bad-file checks)."""
+    """crds' utils.header_to_instrument on the raw (screened) parameters (bad-file checks)."""
     value: Any = None
     for key in INSTRUMENT_KEYWORDS:
         found = parameters.get(key.upper())
+        if found is not None and not isinstance(found, _SIMPLE):
+            found = None  # screened away by crds before this point
         if found is None:
             found = parameters.get(key.lower())
+            if found is not None and not isinstance(found, _SIMPLE):
+                found = None
         if found is not None and found not in ("undefined", "UNDEFINED"):
             value = found
             break

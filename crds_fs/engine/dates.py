@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from functools import lru_cache
 
 from .exceptions import InvalidDatetimeError
 
@@ -29,8 +30,13 @@ _DATE_COLON_TIME = re.compile(r"^\d\d\d\d\d\d\d\d:\d\d\d\d\d\d$")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+@lru_cache(maxsize=16384)
 def reformat_date(date: str) -> str:
-    """Parse *date* in any accepted format and return crds' standard ``isoformat(' ')``."""
+    """Parse *date* in any accepted format and return crds' standard ``isoformat(' ')``.
+
+    Memoised (a pure function of its text; failures are not cached): every rmap and hook
+    of a lookup parses the same date keywords.
+    """
     return parse_date(date).isoformat(" ")
 
 

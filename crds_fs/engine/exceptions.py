@@ -27,7 +27,10 @@ class EngineError(Exception):
     """Base of the crds-like internal errors; message = args joined by spaces (like CrdsError)."""
 
     def __init__(self, *args: object) -> None:
-        super().__init__(_join(args))
+        if len(args) == 1 and args[0].__class__ is str:
+            super().__init__(args[0])
+        else:
+            super().__init__(_join(args))
 
 
 class SelectorLookupError(EngineError, LookupError):

@@ -51,6 +51,8 @@ _COMPARE: dict[type, Callable[[Any, Any], Any]] = {
     ast.NotIn: _not_in,
 }
 
+Evaluator = Callable[[Mapping[str, Any]], Any]
+
 _MAX_EXPR_CHARS = 100_000
 _MAX_DEPTH = 100
 
@@ -61,6 +63,7 @@ class Expression:
 
     source: str
     tree: ast.expr
+    run: Evaluator
 
     @property
     def is_constant(self) -> bool:
@@ -69,7 +72,7 @@ class Expression:
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:
         """Value of the expression with *names* as the only variables."""
-        return _evaluate(self.tree, names)
+        return self.run(names)
 
 
 @lru_cache(maxsize=4096)
@@ -89,7 +92,7 @@ def compile_expression(source: str) -> Expression:
     except (ValueError, MemoryError, RecursionError) as exc:
         raise ExpressionError(f"invalid expression {source!r}: {exc}") from None
     _check(tree.body, 0, source)
-    return Expression(source, tree.body)
+    return Expression(source, tree.body, _build(tree.body))
 
 
 def _check(node: ast.AST, depth: int, source: str) -> None:
@@ -127,57 +130,88 @@ def _check(node: ast.AST, depth: int, source: str) -> None:
         _check(child, depth + 1, source)
 
 
-def _evaluate(node: ast.AST, names: Mapping[str, Any]) -> Any:
+def _build(node: ast.AST) -> Evaluator:
+    """Turn a checked tree into nested closures (an interpreter, evaluated without eval).
+
+    Building once per expression keeps evaluation to a few Python calls per node, which
+    matters because relevance expressions are evaluated for every header.
+    """
     kind = type(node)
     if kind is ast.Constant:
-        return node.value  # type: ignore[attr-defined]
+        value = node.value  # type: ignore[attr-defined]
+        return lambda names: value
     if kind is ast.Name:
-        try:
-            return names[node.id]  # type: ignore[attr-defined]
-        except KeyError:
-            raise NameError(f"name {node.id!r} is not defined") from None  # type: ignore[attr-defined]
+        return _name(node.id)  # type: ignore[attr-defined]
     if kind is ast.Compare:
-        return _compare(node, names)  # type: ignore[arg-type]
+        return _compare(node)  # type: ignore[arg-type]
     if kind is ast.BoolOp:
-        return _boolean(node, names)  # type: ignore[arg-type]
+        return _boolean(node)  # type: ignore[arg-type]
     if kind is ast.UnaryOp:
-        operand = _evaluate(node.operand, names)  # type: ignore[attr-defined]
-        return (not operand) if isinstance(node.op, ast.Not) else -operand  # type: ignore[attr-defined]
+        operand = _build(node.operand)  # type: ignore[attr-defined]
+        if isinstance(node.op, ast.Not):  # type: ignore[attr-defined]
+            return lambda names: not operand(names)
+        return lambda names: -operand(names)
     if kind is ast.Tuple:
-        return tuple(_evaluate(e, names) for e in node.elts)  # type: ignore[attr-defined]
+        items = [_build(e) for e in node.elts]  # type: ignore[attr-defined]
+        return lambda names: tuple(item(names) for item in items)
     if kind is ast.List:
-        return [_evaluate(e, names) for e in node.elts]  # type: ignore[attr-defined]
+        items = [_build(e) for e in node.elts]  # type: ignore[attr-defined]
+        return lambda names: [item(names) for item in items]
     if kind is ast.Dict:
-        return {_evaluate(k, names): _evaluate(v, names)  # type: ignore[arg-type]
-                for k, v in zip(node.keys, node.values, strict=True)}  # type: ignore[attr-defined]
+        pairs = [(_build(k), _build(v))  # type: ignore[arg-type]
+                 for k, v in zip(node.keys, node.values, strict=True)]  # type: ignore[attr-defined]
+        return lambda names: {k(names): v(names) for k, v in pairs}
     if kind is ast.IfExp:
-        chosen = node.body if _evaluate(node.test, names) else node.orelse  # type: ignore[attr-defined]
-        return _evaluate(chosen, names)
+        test, body, orelse = (_build(node.test), _build(node.body),  # type: ignore[attr-defined]
+                              _build(node.orelse))  # type: ignore[attr-defined]
+        return lambda names: body(names) if test(names) else orelse(names)
     if kind is ast.Call:
         # The function name is looked up first, and no namespace defines selector names.
-        return _evaluate(node.func, names)  # type: ignore[attr-defined]
+        return _build(node.func)  # type: ignore[attr-defined]
     raise ExpressionError(f"unsupported node {kind.__name__}")  # unreachable after _check
 
 
-def _compare(node: ast.Compare, names: Mapping[str, Any]) -> Any:
-    left = _evaluate(node.left, names)
-    result: Any = True
-    for op, right_node in zip(node.ops, node.comparators, strict=True):
-        right = _evaluate(right_node, names)
-        result = _COMPARE[type(op)](left, right)
-        if not result:
-            return result
-        left = right
-    return result
+def _name(key: str) -> Evaluator:
+    def lookup(names: Mapping[str, Any]) -> Any:
+        try:
+            return names[key]
+        except KeyError:
+            raise NameError(f"name {key!r} is not defined") from None
+    return lookup
 
 
-def _boolean(node: ast.BoolOp, names: Mapping[str, Any]) -> Any:
+def _compare(node: ast.Compare) -> Evaluator:
+    left = _build(node.left)
+    steps = [(_COMPARE[type(op)], _build(right))
+             for op, right in zip(node.ops, node.comparators, strict=True)]
+    if len(steps) == 1:
+        compare, right = steps[0]
+        return lambda names: compare(left(names), right(names))
+
+    def chained(names: Mapping[str, Any]) -> Any:
+        current = left(names)
+        result: Any = True
+        for compare, right in steps:
+            following = right(names)
+            result = compare(current, following)
+            if not result:
+                return result
+            current = following
+        return result
+    return chained
+
+
+def _boolean(node: ast.BoolOp) -> Evaluator:
+    operands = [_build(value) for value in node.values]
     is_and = isinstance(node.op, ast.And)
-    value: Any = None
-    for operand in node.values:
-        value = _evaluate(operand, names)
-        if is_and and not value:
-            return value
-        if not is_and and value:
-            return value
-    return value
+
+    def combine(names: Mapping[str, Any]) -> Any:
+        value: Any = None
+        for operand in operands:
+            value = operand(names)
+            if is_and and not value:
+                return value
+            if not is_and and value:
+                return value
+        return value
+    return combine

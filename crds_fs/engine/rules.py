@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import MappingFormatError
 from .conditioning import dotted_to_underscore, underscore_aliases
-from .exceptions import IrrelevantReftype, OmitReftype, whole_call_error
+from .exceptions import IrrelevantReftype, whole_call_error
 from .expressions import Expression, ExpressionError, compile_expression
 from .hooks import resolve_hook
 from .observatories import Observatory, observatory_policy
@@ -204,6 +204,11 @@ class ReferenceRules:
         self.parkey_relevance: dict[str, Expression] = {
             str(name).lower(): self._expression(source) for name, source in sources.items()
         }
+        # (parkey, expression) in required-parkey order, as crds evaluates them.
+        self._relevance_pairs = [
+            (parkey, self.parkey_relevance[parkey.lower()]) for parkey in self.required_parkeys
+            if parkey.lower() in self.parkey_relevance
+        ]
 
     def _expression(self, source: Any) -> Expression:
         try:
@@ -216,42 +221,45 @@ class ReferenceRules:
 
     def best_ref(self, header_in: Mapping[str, Any], expr_header: Mapping[str, Any],
                  memo: dict) -> Any:
-        """The result value for this reftype: a filename, ``NOT FOUND ...`` or None (omit)."""
+        """The result value for this reftype: a filename, ``NOT FOUND ...`` or None (omit).
+
+        *header_in* is the instrument-level minimized header, *expr_header* the same with
+        ``_`` aliases of dotted keys (what relevance/omit expressions see).
+        """
         try:
-            return self._best_ref(header_in, expr_header, memo)
+            omit = self._omit_constant
+            if omit is None:
+                omit = _safe_truth(self.omit, expr_header, default=False)
+            if omit:
+                return None
+            relevant = self._relevance_constant
+            if relevant is None:
+                relevant = _safe_truth(self.relevance, expr_header, default=True)
+            if not relevant:
+                return "NOT FOUND n/a"
+            header = self.precondition(dict(header_in)) if self.precondition else header_in
+            if self._relevance_pairs:
+                header = self.irrelevant_to_na(header)
+            try:
+                chosen = self.selector.choose(header, memo)
+            except Exception as first:
+                dnr = self.policy.do_not_reprocess
+                if dnr is not None and dnr(header):
+                    return "NOT FOUND n/a"
+                if self.fallback is None:  # the common case, without re-raising
+                    if self.reffile_required in ("YES", "NONE"):
+                        return "NOT FOUND " + str(first)
+                    return "NOT FOUND n/a"
+                chosen = self._second_try(header_in, first, memo)
         except IrrelevantReftype:
             return "NOT FOUND n/a"
-        except OmitReftype:
-            return None
         except Exception as exc:
             return "NOT FOUND " + str(exc)
-
-    def _best_ref(self, header_in: Mapping[str, Any], expr_header: Mapping[str, Any],
-                  memo: dict) -> Any:
-        omit = self._omit_constant
-        if omit is None:
-            omit = _safe_truth(self.omit, expr_header, default=False)
-        if omit:
-            raise OmitReftype()
-        relevant = self._relevance_constant
-        if relevant is None:
-            relevant = _safe_truth(self.relevance, expr_header, default=True)
-        if not relevant:
-            raise IrrelevantReftype()
-        header = self.precondition(dict(header_in)) if self.precondition else header_in
-        header = self.irrelevant_to_na(header)
-        try:
-            chosen = self.selector.choose(header, memo)
-        except Exception as first:
-            dnr = self.policy.do_not_reprocess
-            if dnr is not None and dnr(header):
-                raise IrrelevantReftype() from first
-            chosen = self._second_try(header_in, first, memo)
-        if isinstance(chosen, str):
+        if chosen.__class__ is str:
             if chosen in NA_VALUES:
-                raise IrrelevantReftype()
+                return "NOT FOUND n/a"
             if chosen in OMIT_VALUES:
-                raise OmitReftype()
+                return None
         return chosen
 
     def _second_try(self, header_in: Mapping[str, Any], first: Exception, memo: dict) -> Any:
@@ -278,7 +286,7 @@ class ReferenceRules:
 
     def irrelevant_to_na(self, header: Mapping[str, Any]) -> Mapping[str, Any]:
         """Set parameters whose parkey_relevance expression is false to N/A."""
-        if not self.parkey_relevance:
+        if not self._relevance_pairs:
             return header
         names = dict(header)
         for key in self.required_parkeys:
@@ -287,9 +295,8 @@ class ReferenceRules:
         names = underscore_aliases(names)
         names["keep_comments"] = False
         result = dict(header)
-        for parkey in self.required_parkeys:
-            expression = self.parkey_relevance.get(parkey.lower())
-            if expression is not None and not expression.evaluate(names):
+        for parkey, expression in self._relevance_pairs:
+            if not expression.evaluate(names):
                 result[parkey] = "N/A"
         return result
 

@@ -26,6 +26,7 @@ lookup per column; only globs, regexes, ranges and NOT values are evaluated per 
 from __future__ import annotations
 
 import ast
+import operator
 import re
 import struct
 import sys
@@ -306,18 +307,20 @@ class _Column:
         return ones, zeros
 
 
-_PLAIN_EXCLUDED_START = frozenset("({#BN><")
-
-
 def _classify(key: str, scratch: dict[Any, Any]) -> tuple[str, Any]:
     """("exact", values) | ("na", None) | ("special", matcher) for one conditioned value."""
     found = scratch.get(("classify", key))
     if found is not None:
         return found
+    upper = key.upper()
+    special_prefix = (key.startswith(("(", "{", "#", ">", "<"))
+                      or upper.startswith("BETWEEN") or upper.startswith("NOT "))
     if key == "N/A":
         result: tuple[str, Any] = ("na", None)
-    elif (not key or key[0] not in _PLAIN_EXCLUDED_START) and "|" not in key and "*" not in key:
+    elif not special_prefix and "|" not in key and "*" not in key:
         result = ("exact", (key,))  # make_matcher() would build a plain Matcher
+    elif not special_prefix and "*" not in key and not any(c in key for c in "?["):
+        result = ("exact", tuple(glob_parts(key)))  # 'A|B|C': literal alternatives
     else:
         matcher = make_matcher(key)
         kind = type(matcher)
@@ -359,16 +362,15 @@ class MatchSelector(Selector):
         self._merged: dict[tuple[int, ...], Any] = {}
         self._groups: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
         self._lock = threading.Lock()
-        self._simple_check = all(
-            isinstance(self.parkey_map.get(name), list) and "N/A" in self.parkey_map[name]
-            for name in self.parameters
-        )
+        self._values = _tuple_getter(self.parameters)
 
     def choose(self, header: Mapping[str, Any], memo: Memo) -> Any:
         """Validate, rank rows, try weight groups best first (same as the generic loop)."""
-        if not self._simple_check:
+        try:
+            values = self._values(header)
+        except KeyError:  # some parameter is absent: crds' "undefined" rules apply
             self._check_defined(header)
-        values = tuple([header.get(column.name, "UNDEFINED") for column in self.columns])
+            values = tuple([header.get(column.name, "UNDEFINED") for column in self.columns])
         groups = self._groups.get(values)
         if groups is None:
             for column, value in zip(self.columns, values, strict=True):
@@ -524,6 +526,16 @@ class MatchSelector(Selector):
         return values
 
 
+def _tuple_getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """Fast ``lambda header: tuple(header[n] for n in names)`` (KeyError when one is absent)."""
+    if not names:
+        return lambda header: ()
+    if len(names) == 1:
+        name = names[0]
+        return lambda header: (header[name],)
+    return operator.itemgetter(*names)  # type: ignore[return-value]
+
+
 def _condition_element(element: Any) -> str:
     if isinstance(element, str):
         if (element.startswith("{") and element.endswith("}")) or (
@@ -548,16 +560,26 @@ class UseAfterSelector(Selector):
     error_class: type[SelectorLookupError] = UseAfterError
 
     def get_parkey_map(self) -> dict[str, Any]:
+        self._values = _tuple_getter(self.parameters)
         return {par: "*" for par in self.parameters}
 
     def choose(self, header: Mapping[str, Any], memo: Memo) -> Any:
         if type(self) is not UseAfterSelector:
             return Selector.choose(self, header, memo)
-        for name in self.parameters:
-            if name not in header:
-                raise ValidationError(
-                    "UseAfter required lookup parameter " + repr(name) + " is undefined.")
-        date = _reformat_cached(self._raw_date(header), self.parameters, self.short_name, memo)
+        try:
+            raw_values = self._values(header)
+        except KeyError:
+            for name in self.parameters:
+                if name not in header:
+                    raise ValidationError(
+                        "UseAfter required lookup parameter " + repr(name) + " is undefined."
+                    ) from None
+            raise
+        date = memo.get(raw_values)  # the same date keywords recur in every rmap of a lookup
+        if date is None:
+            date = _reformat_cached(self._raw_date(header), self.parameters, self.short_name,
+                                    memo)
+            memo[raw_values] = date
         index = bisect_right(self.keys, date) - 1
         if index < 0:
             raise UseAfterError("No selection <= " + repr(date))

@@ -327,9 +327,11 @@ def _limited(
     header: dict[str, str], parkeys: Mapping[str, Iterable[str]] | Iterable[str] | None
 ) -> dict[str, str]:
     needed = ds.needed_keys_for(parkeys, ds.find_instrument(header))
-    if needed is None or any("." in key for key in needed.difference(ds.INSTRUMENT_KEYS)):
-        # JWST/Roman contexts match on model paths: FITS keywords are kept for translation.
+    if needed is None:
         return dict(header)
+    if any("." in key for key in needed.difference(ds.INSTRUMENT_KEYS)):
+        # JWST contexts match on model paths: keep the FITS keywords standing for them.
+        needed = ds.with_fits_aliases(needed, header)
     return {key: value for key, value in header.items() if key in needed}
 
 
