@@ -197,7 +197,7 @@ def write_docs(body: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=default_data())
-    parser.add_argument("--load-runs", type=int, default=3)
+    parser.add_argument("--load-runs", type=int, default=5)
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "TASK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -203,3 +203,20 @@ def test_jwst_asdf_and_fits_keyword_headers(shared_data: Path, tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     records = json_lines(done)
     assert [r.get("bestrefs") for r in records] == [case["expected"]] * 2
+
+
+def test_remote_batches_by_max_bestrefs_per_rpc(tiny_root: Path, tmp_path: Path,
+                                                serve: Any) -> None:
+    server = serve(tiny_root, "--index", str(tmp_path / "index"))
+    headers = [header(mode="A", date=f"20{i % 20:02d}-01-01") for i in range(2100)]
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps(h) + "\n" for h in headers))
+    remote = run_cli("--context", "tobs_0001.pmap", "--remote", "--server", server.url,
+                     "--json", str(path))
+    assert remote.returncode == 0, remote.stderr + server.log()[-2000:]
+    local = run_cli("--context", "tobs_0001.pmap", "--mappings", str(tiny_root), "--json",
+                    str(path))
+    assert json_lines(remote) == json_lines(local)
+    assert len(json_lines(remote)) == 2100
+    calls = server.log().count("get_best_references_by_header_map")
+    assert calls == 3, server.log()[-3000:]  # max_bestrefs_per_rpc = 1000 -> 1000+1000+100

@@ -49,6 +49,7 @@ from .observatories import (
     INSTRUMENT_KEYWORDS,
     KeywordAmbiguityError,
     Observatory,
+    identity_parkeys,
     observatory_policy,
 )
 from .parser import MAX_MAPPING_CHARS, format_error, parse_mapping
@@ -167,6 +168,11 @@ class Context:
         self._instruments: dict[str, Instrument] = {}  # verified instruments, by name
         self._header_keys: dict[str, list[tuple[str, str, str]]] = {}
         self._bad_mappings: dict[tuple[str, frozenset[str]], list[str]] = {}
+        self._instrument_keys = (self.instrument_key.upper(), self.instrument_key.lower(),
+                                 *INSTRUMENT_KEYWORDS)
+        self._translate = (None if self.policy.fits_to_parkeys is identity_parkeys
+                           else self.policy.fits_to_parkeys)
+        self._plans: dict[str, list[tuple[str, Any, str | None]]] = {}
 
     @classmethod
     def load(cls, name: str, loader: Loader, *, ignore_checksum: bool = False,
@@ -256,6 +262,8 @@ class Context:
         if reftypes is None:
             self.instrument(self._find_instrument(conditioned))
             include: list[str] = []
+        elif isinstance(reftypes, str):
+            raise TypeError("reftypes must be a list of reftype names, not a string")
         else:
             include = [str(reftype) for reftype in reftypes]
         minimal = self._minimize(conditioned)
@@ -333,7 +341,7 @@ class Context:
 
     def _find_instrument(self, header: Mapping[str, Any]) -> str:
         key = self.instrument_key
-        for name in (key.upper(), key.lower(), *INSTRUMENT_KEYWORDS):
+        for name in self._instrument_keys:
             value = header.get(name)
             if value is not None and value.upper() != "UNDEFINED":
                 return value.upper()
@@ -344,7 +352,8 @@ class Context:
 
     def _minimize(self, conditioned: Mapping[str, str]) -> dict[str, Any]:
         try:
-            translated = self.policy.fits_to_parkeys(conditioned)
+            # HST/Roman translation is the identity: skip the copy (nothing mutates it).
+            translated = self._translate(conditioned) if self._translate else conditioned
         except KeywordAmbiguityError as exc:
             raise whole_call_error(LookupFailure, "AssertionError", str(exc)) from None
         instrument = self.instrument(self._find_instrument(translated))
@@ -361,27 +370,39 @@ class Context:
 
     def _best_refs(self, header: dict[str, Any], include: list[str]) -> BestRefs:
         instrument = self.instrument(self._find_instrument(header))
-        selections = instrument.imap.selections
-        wanted = include or list(selections)
         expr_header = underscore_aliases(header)
         memo: dict[Any, Any] = {}
         refs: BestRefs = {}
-        lower = bool(include)
-        for reftype in wanted:
-            if lower:
-                reftype = reftype.lower()
-            value = selections.get(reftype)
-            if value is None:
-                refs[reftype] = f"NOT FOUND Unknown reference type {reftype!r}"
-            elif value in NA_VALUES:
-                refs[reftype] = "NOT FOUND n/a"
-            elif value in OMIT_VALUES:
+        plan = self._plan(instrument) if not include else [
+            self._step(instrument, reftype.lower()) for reftype in include]
+        for reftype, rmap, fixed in plan:
+            if rmap is None:
+                if fixed is not None:
+                    refs[reftype] = fixed
                 continue
-            else:
-                ref = instrument.rmaps[reftype].best_ref(header, expr_header, memo)
-                if ref is not None:
-                    refs[reftype] = ref
+            ref = rmap.best_ref(header, expr_header, memo)
+            if ref is not None:
+                refs[reftype] = ref
         return refs
+
+    def _plan(self, instrument: Instrument) -> list[tuple[str, Any, str | None]]:
+        """(reftype, rmap | None, fixed answer | None) for every imap entry, in imap order."""
+        plan = self._plans.get(instrument.imap.name)
+        if plan is None:
+            plan = [self._step(instrument, reftype) for reftype in instrument.imap.selections]
+            self._plans[instrument.imap.name] = plan
+        return plan
+
+    @staticmethod
+    def _step(instrument: Instrument, reftype: str) -> tuple[str, Any, str | None]:
+        value = instrument.imap.selections.get(reftype)
+        if value is None:
+            return reftype, None, f"NOT FOUND Unknown reference type {reftype!r}"
+        if value in NA_VALUES:
+            return reftype, None, "NOT FOUND n/a"
+        if value in OMIT_VALUES:
+            return reftype, None, None
+        return reftype, instrument.rmaps[reftype], None
 
 
 def _header_to_instrument(parameters: Mapping[str, Any]) -> str:

@@ -43,7 +43,7 @@ class KeywordAmbiguityError(AssertionError):
     """A FITS keyword maps to several data-model paths (crds asserts against this)."""
 
 
-def _identity(header: Mapping[str, Any]) -> dict[str, Any]:
+def identity_parkeys(header: Mapping[str, Any]) -> dict[str, Any]:
     return dict(header)
 
 
@@ -91,7 +91,7 @@ class Observatory:
 
     name: str
     extra_keys: tuple[str, ...] = ()
-    fits_to_parkeys: Callable[[Mapping[str, Any]], dict[str, Any]] = _identity
+    fits_to_parkeys: Callable[[Mapping[str, Any]], dict[str, Any]] = identity_parkeys
     do_not_reprocess: Callable[[Mapping[str, Any]], bool] | None = None
     prepare_parameters: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 

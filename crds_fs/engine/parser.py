@@ -153,6 +153,7 @@ def _illegal(node: ast.AST, name: str) -> MappingFormatError:
 
 
 _CONSTANT_TYPES = (str, int, float, bool, type(None))
+_PLAIN = frozenset(_CONSTANT_TYPES)
 
 
 class _Converter:
@@ -183,8 +184,17 @@ class _Converter:
         raise _illegal(node, self.name)
 
     def _dict(self, node: ast.Dict, depth: int, allow_call: bool) -> dict[Any, Any]:
-        result: dict[Any, Any] = {}
         constant = ast.Constant
+        keys, values = node.keys, node.values
+        # Fast path for all-constant dicts (UseAfter bodies: 'date' : 'file'), which make up
+        # most of every rmap; dict(zip()) keeps dict-display semantics for duplicate keys.
+        if all(type(k) is constant for k in keys) and all(type(v) is constant for v in values):
+            plain_keys = [k.value for k in keys]  # type: ignore[union-attr]
+            plain_values = [v.value for v in values]  # type: ignore[attr-defined]
+            if all(type(k) in _PLAIN for k in plain_keys) and all(
+                    type(v) in _PLAIN for v in plain_values):
+                return dict(zip(plain_keys, plain_values, strict=True))
+        result: dict[Any, Any] = {}
         for key_node, value_node in zip(node.keys, node.values, strict=True):
             # Fast path for the common 'date' : 'file' / 'key' : 'value' entries.
             if (type(key_node) is constant and type(value_node) is constant

@@ -175,7 +175,7 @@ class ReferenceRules:
         except Exception as exc:  # crds reports these as "Can't load file <name> : <error>"
             raise format_error(doc.name, str(exc)) from None
         finally:
-            settings.scratch.clear()
+            settings.clear_scratch()
 
     def _required_parkeys(self) -> list[str]:
         parkeys: list[str] = []

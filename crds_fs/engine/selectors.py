@@ -82,7 +82,12 @@ class RmapSettings:
         self.substitutions = substitutions
         # Build-time memo of pure per-value work (conditioning, matcher classification);
         # rmaps repeat the same few values thousands of times.  Emptied after the build.
-        self.scratch: dict[Any, Any] = {}
+        self.scratch: dict[str, dict[Any, Any]] = {
+            "classify": {}, "cell": {}, "cond": {}, "cond_str": {}}
+
+    def clear_scratch(self) -> None:
+        for table in self.scratch.values():
+            table.clear()
 
 
 def build_selector(call: SelectorCall, levels: tuple[Any, ...], settings: RmapSettings) -> Selector:
@@ -278,7 +283,8 @@ class _Column:
         self.lenient = not valid or any(w in self.valid_set for w in ("*", "ANY", "N/A"))
 
     def add(self, key: str, bit: int, scratch: dict[Any, Any]) -> None:
-        kind, payload = _classify(key, scratch)
+        found = scratch.get(key)
+        kind, payload = found if found is not None else _classify(key, scratch)
         if kind == "exact":
             exact = self.exact
             for part in payload:
@@ -309,9 +315,6 @@ class _Column:
 
 def _classify(key: str, scratch: dict[Any, Any]) -> tuple[str, Any]:
     """("exact", values) | ("na", None) | ("special", matcher) for one conditioned value."""
-    found = scratch.get(("classify", key))
-    if found is not None:
-        return found
     upper = key.upper()
     special_prefix = (key.startswith(("(", "{", "#", ">", "<"))
                       or upper.startswith("BETWEEN") or upper.startswith("NOT "))
@@ -332,15 +335,15 @@ def _classify(key: str, scratch: dict[Any, Any]) -> tuple[str, Any]:
             result = ("exact", matcher.literals)  # type: ignore[attr-defined]
         else:
             result = ("special", matcher)
-    scratch[("classify", key)] = result
+    scratch[key] = result
     return result
 
 
 def _cell_info(cell: Any, scratch: dict[Any, Any]) -> tuple[bool, frozenset[str]]:
     """(is esoteric, glob parts) of one conditioned Match value (for the parkey map)."""
-    found = scratch.get(("cell", cell))
+    found = scratch.get(cell)
     if found is None:
-        found = scratch[("cell", cell)] = (is_esoteric(cell), frozenset(glob_parts(cell)))
+        found = scratch[cell] = (is_esoteric(cell), frozenset(glob_parts(cell)))
     return found
 
 
@@ -354,7 +357,7 @@ class MatchSelector(Selector):
         self.choices = [choice for _, choice in self.selections]
         self.all_rows = (1 << len(self.selections)) - 1
         self.columns = [_Column(name, self.parkey_map[name]) for name in self.parameters]
-        scratch = settings.scratch
+        scratch = settings.scratch["classify"]
         for row, key in enumerate(self.keys):
             bit = 1 << row
             for column, value in zip(self.columns, key, strict=False):
@@ -396,12 +399,19 @@ class MatchSelector(Selector):
         raise MatchingError("No match found.")
 
     def condition_key(self, key: Any) -> tuple[str, ...]:
-        scratch = self.settings.scratch
+        strings = self.settings.scratch["cond_str"]
+        scratch = self.settings.scratch["cond"]
         elements = key if isinstance(key, tuple) else (key,)
         conditioned = []
         for element in elements:
+            if element.__class__ is str:
+                value = strings.get(element)
+                if value is None:
+                    value = strings[element] = _condition_element(element)
+                conditioned.append(value)
+                continue
             # type is part of the memo key: 1, 1.0 and True are equal but condition apart.
-            memo_key = ("cond", element.__class__, element)
+            memo_key = (element.__class__, element)
             try:
                 value = scratch.get(memo_key)
             except TypeError:  # unhashable element (a list): no memo
@@ -417,7 +427,7 @@ class MatchSelector(Selector):
 
     def get_parkey_map(self) -> dict[str, Any]:
         """As Selector.get_parkey_map, with per-value results memoised during the build."""
-        scratch = self.settings.scratch
+        scratch = self.settings.scratch["cell"]
         parmap: dict[str, Any] = {}
         count = len(self.parameters)
         for i, par in enumerate(self.parameters):
