@@ -74,6 +74,8 @@ class Settings:
         """Settings from the environment, then explicit (non-None) overrides on top."""
         server = os.environ.get("CRDS_SERVER_URL", "").rstrip("/") or None
         obs = os.environ.get("CRDS_OBSERVATORY") or None
+        if obs is not None and obs.strip().lower() in ("none", ""):
+            obs = None  # importing crds writes the string 'None' into the environment
         if server is None:
             server = DEFAULT_SERVERS.get(obs or "hst", DEFAULT_SERVERS["hst"])
         cache = os.environ.get("CRDS_FS_CACHE")

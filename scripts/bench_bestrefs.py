@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Benchmark: crds 14.0.3 vs the crds-fs engine, best references on this machine, one run.
 
-Measured for each side in its own fresh subprocess (so imports, caches and peak RSS are
-not shared):
+Measured for each side in its own fresh subprocesses (so imports, caches and peak RSS are
+not shared), the two sides interleaved over ``--rounds`` rounds, best numbers kept:
 
 * load: time to load ``hst_0729.pmap`` completely (every imap and rmap parsed and built;
   crds: ``load_mapping(...).force_load()``, crds-fs: ``Context.load(...).mapping_names()``),
   first load in a fresh process, best of ``--load-runs`` processes;
 * per header: ``getrecommendations`` (crds) / ``Context.best_references`` (crds-fs) over every
   shared case of hst_0729 and jwst_0541, after the contexts are fully loaded (best of
-  ``$BENCH_PASSES`` passes, default 3);
+  ``$BENCH_PASSES`` passes, default 2);
 * batch: 10,000 headers (the shared cases of both observatories, cycled) in one loop;
 * peak RSS of the process after all of the above (``ru_maxrss``).
 
@@ -40,7 +40,7 @@ BEGIN = "<!-- section: bestrefs (scripts/bench_bestrefs.py) -->"
 END = "<!-- end section: bestrefs -->"
 CONTEXTS = {"hst": "hst_0729.pmap", "jwst": "jwst_0541.pmap"}
 BATCH = 10_000
-PASSES = int(os.environ.get("BENCH_PASSES", "3"))
+PASSES = int(os.environ.get("BENCH_PASSES", "2"))
 
 
 def default_data() -> Path:
@@ -73,11 +73,19 @@ def worker_load(side: str, data: Path) -> dict[str, float]:
         start = time.perf_counter()
         rmap.load_mapping("hst_0729.pmap").force_load()
     else:
+        import ast
+
         from crds_fs.engine import Context
         from crds_fs.sources import cache_root_loader
 
         start = time.perf_counter()
         Context.load("hst_0729.pmap", cache_root_loader(data, "hst")).mapping_names()
+        elapsed = time.perf_counter() - start
+        texts = [p.read_text() for p in (data / "mappings" / "hst").iterdir()]
+        start = time.perf_counter()
+        for text in texts:  # the floor: Python's parser alone on the same 137 files
+            ast.parse(text)
+        return {"load_s": elapsed, "ast_s": time.perf_counter() - start}
     return {"load_s": time.perf_counter() - start}
 
 
@@ -150,13 +158,30 @@ def run_worker(side: str, task: str, data: Path) -> dict[str, float]:
 # --- report ---------------------------------------------------------------------------------
 
 
-def measure(data: Path, load_runs: int) -> dict[str, dict[str, float]]:
+def measure(data: Path, load_runs: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Interleave the two sides over several rounds and keep each side's best numbers, so
+    that a burst of other load on the machine does not penalise one side only."""
+    loads: dict[str, list[dict[str, float]]] = {"crds": [], "crds-fs": []}
+    evals: dict[str, list[dict[str, float]]] = {"crds": [], "crds-fs": []}
+    for number in range(rounds):
+        order = ("crds", "crds-fs") if number % 2 == 0 else ("crds-fs", "crds")
+        for side in order:
+            loads[side] += [run_worker(side, "load", data) for _ in range(load_runs)]
+            evals[side].append(run_worker(side, "eval", data))
+            print(f"round {number + 1} {side}: load {loads[side][-1]} eval {evals[side][-1]}",
+                  file=sys.stderr)
     results: dict[str, dict[str, float]] = {}
-    for side in ("crds", "crds-fs"):
-        loads = [run_worker(side, "load", data)["load_s"] for _ in range(load_runs)]
-        results[side] = {"load_s": min(loads), "load_median_s": statistics.median(loads)}
-        results[side].update(run_worker(side, "eval", data))
-        print(f"{side}: {results[side]}", file=sys.stderr)
+    for side in loads:
+        best: dict[str, float] = {
+            "load_s": min(run["load_s"] for run in loads[side]),
+            "load_median_s": statistics.median(run["load_s"] for run in loads[side]),
+        }
+        if "ast_s" in loads[side][0]:
+            best["ast_s"] = min(run["ast_s"] for run in loads[side])
+        for key in evals[side][0]:
+            pick = max if key == "rss_mb" else min
+            best[key] = pick(run[key] for run in evals[side])
+        results[side] = best
     return results
 
 
@@ -174,11 +199,16 @@ def table(results: dict[str, dict[str, float]], cases: dict[str, int]) -> str:
         "| measurement | crds 14.0.3 | crds-fs | speed-up | goal | status |",
         "|---|---|---|---|---|---|",
         row("load hst_0729.pmap fully (137 mappings), best of runs", "load_s", "s", 5),
-        row(f"per header, all shared cases ({cases['hst'] + cases['jwst']})", "all_us", "µs", 20),
-        row(f"per header, HST cases ({cases['hst']})", "hst_us", "µs", 20),
-        row(f"per header, JWST cases ({cases['jwst']})", "jwst_us", "µs", 20),
+        row(f"per header, all shared cases ({cases['hst'] + cases['jwst']})", "all_us", "µs",
+            20, "{:.0f}"),
+        row(f"per header, HST cases ({cases['hst']})", "hst_us", "µs", 20, "{:.0f}"),
+        row(f"per header, JWST cases ({cases['jwst']})", "jwst_us", "µs", 20, "{:.0f}"),
         row(f"batch of {BATCH:,} headers (cases cycled)", "batch_s", "s", None),
     ]
+    if "ast_s" in ours:
+        lines.append(f"| ... `ast.parse` alone of the same 137 files (floor of any eval-free "
+                     f"loader) | | {ours['ast_s']:.3g} s | {crds['load_s'] / ours['ast_s']:.1f}x "
+                     f"| | |")
     rss = (f"| peak RSS after load + all cases + batch | {crds['rss_mb']:.0f} MB | "
            f"{ours['rss_mb']:.0f} MB | {crds['rss_mb'] / ours['rss_mb']:.1f}x less | | |")
     lines.append(rss)
@@ -197,7 +227,9 @@ def write_docs(body: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=default_data())
-    parser.add_argument("--load-runs", type=int, default=5)
+    parser.add_argument("--load-runs", type=int, default=3, help="load runs per side and round")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="interleaved rounds (crds, crds-fs alternate); best kept")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "TASK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -209,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "cases").is_dir():
         raise SystemExit(f"shared data not found at {args.data} (use --data)")
     cases = {obs: len(headers) for obs, headers in load_cases(args.data).items()}
-    results = measure(args.data, args.load_runs)
+    results = measure(args.data, args.load_runs, args.rounds)
     report = table(results, cases)
     print(report)
     if args.write_docs:
@@ -220,6 +252,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def docs_text(report: str, results: dict[str, dict[str, float]]) -> str:
     machine = f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+    ours = results["crds-fs"]
+    ast_s = ours.get("ast_s", ours["load_s"])
+    ast_share = f"{ast_s / ours['load_s']:.0%}"
+    floor_ratio = f"{results['crds']['load_s'] / ast_s:.1f}x"
+    budget_ms = max(0.0, (results["crds"]["load_s"] / 5 - ast_s) * 1000)
+    rest_ms = (ours["load_s"] - ast_s) * 1000
+    load_ratio = results["crds"]["load_s"] / ours["load_s"]
+    per_header = results["crds"]["all_us"] / ours["all_us"]
+    verdict = (f"per header {per_header:.1f}x ({'meets' if per_header >= 20 else 'below'} "
+               f"the 20x goal); load {load_ratio:.1f}x "
+               f"({'meets' if load_ratio >= 5 else 'below'} the 5x goal).")
     return f"""## Best references: crds-fs engine vs crds 14.0.3
 
 Measured by `python scripts/bench_bestrefs.py --write-docs` ({machine}; both sides in
@@ -239,8 +282,17 @@ no per-value object churn), Match columns are indexed at load time (exact values
 alternatives in a dict of row bitmasks, so a header value costs one dict lookup per
 column), Match outcomes are memoised per tuple of column values, UseAfter is a `bisect`,
 parsed dates are shared between the rmaps of one lookup, and constant relevance/omit
-expressions are decided at load time.  Load time is dominated by `ast.parse` itself
-(about half), which a faithful, eval-free parser cannot avoid.
+expressions are decided at load time.
+
+Where it stands: {verdict}
+
+`ast.parse` of the 137 files alone (the "floor" row) takes {ast_share} of crds-fs' load
+time and is only {floor_ratio} faster than crds' whole load, so the load goal leaves
+{budget_ms:.0f} ms for everything else (reading, checksums, converting the trees to plain
+data, building the indexed selectors); that part takes {rest_ms:.0f} ms now, with the
+cyclic GC paused while each mapping is parsed.  The mapping language must go through
+`ast.parse` (no hand-written parser, no compile/exec), which bounds what further tuning
+of the rest can gain.
 """
 
 

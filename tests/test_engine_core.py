@@ -712,3 +712,16 @@ def test_concurrent_lookups_agree() -> None:
         thread.join()
     assert not errors
     assert len(results) == 400 and all(r == expected for r in results)
+
+
+def test_match_structure_edge_cases() -> None:
+    empty = one_rmap((("MODE",), ("DATE-OBS", "TIME-OBS")), "Match({})")
+    assert lookup(empty, MODE="A") == "NOT FOUND No match found."
+    with pytest.raises(MappingFormatError, match="is wrong length for parameters"):
+        lookup(one_rmap((("A", "B"),), "Match({('X',) : 'x.fits', ('X', 'Y') : 'xy.fits'})"),
+               A="X")
+    twice = one_rmap((("A", "A"),), "Match({('X', 'X') : 'xx.fits', ('Y', 'N/A') : 'y.fits'})")
+    assert lookup(twice, A="X") == "xx.fits"
+    assert lookup(twice, A="Y") == "y.fits"
+    esoteric = one_rmap((("A",),), "Match({'NOT X' : 'notx.fits', 'X' : 'x.fits'})")
+    assert lookup(esoteric, A="ANYTHING") == "notx.fits"  # esoteric column: no validation

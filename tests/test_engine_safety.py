@@ -53,6 +53,8 @@ def payloads(sentinel: Path) -> dict[str, str]:
         "ellipsis": "...",
         "bytes": "b'abc'",
         "not_op": "not 'x'",
+        "yield": "(yield)",
+        "await": "(await x)",
     }
 
 

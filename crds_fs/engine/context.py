@@ -21,9 +21,11 @@ Two lookup entry points:
 
 from __future__ import annotations
 
+import gc
 import pprint
 import threading
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +69,7 @@ Loader = Callable[[str], str]
 BestRefs = dict[str, Any]
 _MISSING = object()
 _SIMPLE = (str, float, int, bool)
+_STR_TYPE = frozenset((str,))
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,8 +123,9 @@ class _Store:
                 entry = self.memo.get(name)
                 if entry is None:
                     text = self.loader(name)
-                    doc = parse_mapping(text, name, max_chars=self.max_chars)
-                    entry = _Built(build_rules(doc), doc.checksum_error)
+                    with _gc_paused():
+                        doc = parse_mapping(text, name, max_chars=self.max_chars)
+                        entry = _Built(build_rules(doc), doc.checksum_error)
                     self.memo[name] = entry
         if entry.checksum_error and not self.ignore_checksum:
             raise whole_call_error(ChecksumError, "ChecksumError", entry.checksum_error)
@@ -283,13 +287,13 @@ class Context:
             conditioned = condition_header(parameters)
         else:  # screening and conditioning in one pass (the common case)
             parameters = header
-            conditioned = {}
+            if not set(map(type, header)) <= _STR_TYPE:
+                for key in header:
+                    if not isinstance(key, str):
+                        raise TypeError(f"Non-string key {key!r} in parameters.")
             condition = condition_value
-            for key, value in header.items():
-                if key.__class__ is not str and not isinstance(key, str):
-                    raise TypeError(f"Non-string key {key!r} in parameters.")
-                if isinstance(value, _SIMPLE):
-                    conditioned[key.upper()] = condition(value)
+            conditioned = {key.upper(): condition(value) for key, value in header.items()
+                           if isinstance(value, _SIMPLE)}
         refs = self._compute(conditioned, reftypes)
         instrument = _header_to_instrument(parameters)
         bad = frozenset(bad_files)
@@ -403,6 +407,25 @@ class Context:
         if value in OMIT_VALUES:
             return reftype, None, None
         return reftype, instrument.rmaps[reftype], None
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while one mapping is parsed and built.
+
+    ``ast.parse`` allocates ~100k GC-tracked nodes per MB of mapping text; none can form a
+    reference cycle (they are freed by reference counting), yet the collector would scan
+    them over and over, costing about a fifth of the load time.  The pause lasts one
+    mapping (milliseconds); the collector is re-enabled only if it was enabled before.
+    """
+    enabled = gc.isenabled()
+    if enabled:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _header_to_instrument(parameters: Mapping[str, Any]) -> str:

@@ -186,6 +186,18 @@ def _compare(node: ast.Compare) -> Evaluator:
              for op, right in zip(node.ops, node.comparators, strict=True)]
     if len(steps) == 1:
         compare, right = steps[0]
+        target = node.comparators[0]
+        if type(node.left) is ast.Name and type(target) is ast.Constant:
+            # The usual shape, (DETECTOR != "SBC"): one closure instead of three.
+            key, constant = node.left.id, target.value
+
+            def name_vs_constant(names: Mapping[str, Any]) -> Any:
+                try:
+                    value = names[key]
+                except KeyError:
+                    raise NameError(f"name {key!r} is not defined") from None
+                return compare(value, constant)
+            return name_vs_constant
         return lambda names: compare(left(names), right(names))
 
     def chained(names: Mapping[str, Any]) -> Any:

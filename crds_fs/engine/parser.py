@@ -154,6 +154,7 @@ def _illegal(node: ast.AST, name: str) -> MappingFormatError:
 
 _CONSTANT_TYPES = (str, int, float, bool, type(None))
 _PLAIN = frozenset(_CONSTANT_TYPES)
+_CONSTANT_NODE = {ast.Constant}
 
 
 class _Converter:
@@ -174,7 +175,12 @@ class _Converter:
         if kind is ast.Dict:
             return self._dict(node, depth, allow_call)  # type: ignore[arg-type]
         if kind is ast.Tuple:
-            return tuple([self.convert(e, depth + 1, False) for e in node.elts])  # type: ignore[attr-defined]
+            elts = node.elts  # type: ignore[attr-defined]
+            if set(map(type, elts)) == _CONSTANT_NODE:  # Match keys: tuples of constants
+                values = tuple([e.value for e in elts])  # type: ignore[attr-defined]
+                if set(map(type, values)) <= _PLAIN:
+                    return values
+            return tuple([self.convert(e, depth + 1, False) for e in elts])
         if kind is ast.List:
             return [self.convert(e, depth + 1, False) for e in node.elts]  # type: ignore[attr-defined]
         if kind is ast.UnaryOp:
@@ -188,11 +194,11 @@ class _Converter:
         keys, values = node.keys, node.values
         # Fast path for all-constant dicts (UseAfter bodies: 'date' : 'file'), which make up
         # most of every rmap; dict(zip()) keeps dict-display semantics for duplicate keys.
-        if all(type(k) is constant for k in keys) and all(type(v) is constant for v in values):
+        # (Node types are checked exactly: other nodes may have a .value too.)
+        if set(map(type, keys)) == _CONSTANT_NODE and set(map(type, values)) == _CONSTANT_NODE:
             plain_keys = [k.value for k in keys]  # type: ignore[union-attr]
             plain_values = [v.value for v in values]  # type: ignore[attr-defined]
-            if all(type(k) in _PLAIN for k in plain_keys) and all(
-                    type(v) in _PLAIN for v in plain_values):
+            if set(map(type, plain_keys)) <= _PLAIN and set(map(type, plain_values)) <= _PLAIN:
                 return dict(zip(plain_keys, plain_values, strict=True))
         result: dict[Any, Any] = {}
         for key_node, value_node in zip(node.keys, node.values, strict=True):

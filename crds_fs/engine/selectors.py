@@ -121,7 +121,7 @@ class Selector:
             self.selections = merged
         else:
             assert selections is not None
-            substituted = self._substitute(dict(selections))
+            substituted = self._substitute(selections)
             if type(self).condition_key is Selector.condition_key:
                 # Identity conditioning: dict keys are already unique.
                 self.selections = sorted(substituted.items())
@@ -136,6 +136,9 @@ class Selector:
 
     def _substitute(self, selections: dict[Any, Any]) -> dict[Any, Any]:
         substitutions = self.settings.substitutions
+        if not any(keyword in substitutions for keyword in self.parameters):
+            return selections
+        selections = dict(selections)
         for keyword in self.parameters:
             if keyword not in substitutions:
                 continue
@@ -228,15 +231,6 @@ class Selector:
                 names.update(str(c) for c in choice.values())
         return names
 
-    def match_values(self) -> dict[str, set[Any]]:
-        """{parameter: raw values used} (for generating test headers)."""
-        values: dict[str, set[Any]] = {}
-        for _, choice in self.selections:
-            if isinstance(choice, Selector):
-                for par, vals in choice.match_values().items():
-                    values.setdefault(par, set()).update(vals)
-        return values
-
     def __repr__(self) -> str:
         return f"{self.short_name}({self.parameters!r}, n={len(self.selections)})"
 
@@ -278,23 +272,28 @@ class _Column:
         self.exact_all = 0
         self.na = 0
         self.special: dict[str, list[Any]] = {}
+        self.set_valid(valid)
+
+    def set_valid(self, valid: Any) -> None:
+        """The column's values in use (crds' parkey map entry; [] = unchecked)."""
         self.valid = valid
         self.valid_set = frozenset(valid) if isinstance(valid, list) else frozenset()
         self.lenient = not valid or any(w in self.valid_set for w in ("*", "ANY", "N/A"))
 
-    def add(self, key: str, bit: int, scratch: dict[Any, Any]) -> None:
+    def add(self, key: str, rows: int, scratch: dict[Any, Any]) -> None:
+        """Index the rows (a bitmask) whose value in this column is *key*."""
         found = scratch.get(key)
         kind, payload = found if found is not None else _classify(key, scratch)
         if kind == "exact":
             exact = self.exact
             for part in payload:
-                exact[part] = exact.get(part, 0) | bit
-            self.exact_all |= bit
+                exact[part] = exact.get(part, 0) | rows
+            self.exact_all |= rows
         elif kind == "na":
-            self.na |= bit
+            self.na |= rows
         else:
             entry = self.special.setdefault(key, [payload, 0])
-            entry[1] |= bit
+            entry[1] |= rows
 
     def statuses(self, value: str) -> tuple[int, int]:
         """(rows matching with 1, rows matching with 0) for header *value*."""
@@ -353,19 +352,53 @@ class MatchSelector(Selector):
     short_name = "Match"
 
     def __init__(self, parameters: Any, selections: dict[Any, Any], settings: RmapSettings):
+        self._fused = False
         super().__init__(parameters, selections, settings)
         self.choices = [choice for _, choice in self.selections]
         self.all_rows = (1 << len(self.selections)) - 1
-        self.columns = [_Column(name, self.parkey_map[name]) for name in self.parameters]
-        scratch = settings.scratch["classify"]
-        for row, key in enumerate(self.keys):
-            bit = 1 << row
-            for column, value in zip(self.columns, key, strict=False):
-                column.add(value, bit, scratch)
+        if self._fused:
+            self._index_columns(settings)
+        else:
+            self.columns = [_Column(name, self.parkey_map[name]) for name in self.parameters]
+            scratch = settings.scratch["classify"]
+            for row, key in enumerate(self.keys):
+                bit = 1 << row
+                for column, value in zip(self.columns, key, strict=False):
+                    column.add(value, bit, scratch)
         self._merged: dict[tuple[int, ...], Any] = {}
         self._groups: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
         self._lock = threading.Lock()
         self._values = _tuple_getter(self.parameters)
+
+    def _index_columns(self, settings: RmapSettings) -> None:
+        """Parkey map (any esoteric value -> [] i.e. unchecked) and column indexes, per column
+        over its distinct values: rmaps repeat a few values across thousands of rows."""
+        if not self.keys:  # no rows at all: nothing to index, nothing to check
+            self.columns = [_Column(name, []) for name in self.parameters]
+            self.parkey_map = {name: [] for name in self.parameters}
+            return
+        cells = settings.scratch["cell"]
+        classify = settings.scratch["classify"]
+        self.columns = []
+        for name, column_cells in zip(self.parameters, zip(*self.keys, strict=True),
+                                      strict=True):
+            rows_by_value: dict[str, int] = {}
+            for row, cell in enumerate(column_cells):
+                rows_by_value[cell] = rows_by_value.get(cell, 0) | (1 << row)
+            values: set[str] | None = set()
+            column = _Column(name, [])
+            for cell, rows in rows_by_value.items():
+                column.add(cell, rows, classify)
+                if values is not None:
+                    esoteric, parts = _cell_info(cell, cells)
+                    if esoteric:
+                        values = None
+                    else:
+                        values |= parts
+            valid = [] if values is None else sorted(values)
+            column.set_valid(valid)
+            self.parkey_map[name] = valid
+            self.columns.append(column)
 
     def choose(self, header: Mapping[str, Any], memo: Memo) -> Any:
         """Validate, rank rows, try weight groups best first (same as the generic loop)."""
@@ -426,7 +459,17 @@ class MatchSelector(Selector):
         return tuple(conditioned)
 
     def get_parkey_map(self) -> dict[str, Any]:
-        """As Selector.get_parkey_map, with per-value results memoised during the build."""
+        """As Selector.get_parkey_map, with per-value results memoised during the build.
+
+        In the usual case (distinct parameter names, every key of the right length) the map
+        is computed by :meth:`_index_columns` in the same pass that indexes the columns;
+        crds' loop below only runs when it could raise or order could matter.
+        """
+        count = len(self.parameters)
+        if (count and len(set(self.parameters)) == count
+                and all(len(key) == count for key in self.keys)):
+            self._fused = True
+            return {}
         scratch = self.settings.scratch["cell"]
         parmap: dict[str, Any] = {}
         count = len(self.parameters)
@@ -445,14 +488,6 @@ class MatchSelector(Selector):
                     break
                 parmap[par] |= parts
         return {par: sorted(values) for par, values in parmap.items()}
-
-    def validate_header(self, header: Mapping[str, Any], memo: Memo) -> Any:
-        for column in self.columns:
-            value = header.get(column.name, "UNDEFINED")
-            if value in column.valid_set or column.lenient:
-                continue
-            self._validate_value(column.name, value, column.valid)
-        return header
 
     def _validate_value(self, name: str, value: Any, valid: list[str]) -> None:
         """crds' runtime value check, including its odd corners (NOT prefixes, substitutions)."""
@@ -480,18 +515,6 @@ class MatchSelector(Selector):
         raise ValidationError(
             " parameter=" + repr(name) + " value=" + repr(value) + " is not in " + repr(valid)
         )
-
-    def candidates(self, header: Any, _unused: Any = None) -> Any:
-        """Yield the choice of each weight group, best first; then fail with No match found."""
-        values = tuple([header.get(column.name, "UNDEFINED") for column in self.columns])
-        for rows in self._weight_groups(values):
-            if len(rows) > 1:
-                if not self.settings.merge_overlaps:
-                    raise AmbiguousMatchError("More than one match clause matched.")
-                yield self._combine(rows)
-            else:
-                yield self.choices[rows[0]]
-        raise MatchingError("No match found.")
 
     def _weight_groups(self, values: tuple[str, ...]) -> list[tuple[int, ...]]:
         """Surviving rows grouped by weight (most positive matches first), rows in key order."""
@@ -528,12 +551,6 @@ class MatchSelector(Selector):
                 merged = self._merged.setdefault(rows, combined)
         return merged
 
-    def match_values(self) -> dict[str, set[Any]]:
-        values = super().match_values()
-        for key in self.keys:
-            for name, value in zip(self.parameters, key, strict=False):
-                values.setdefault(name, set()).add(value)
-        return values
 
 
 def _tuple_getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:

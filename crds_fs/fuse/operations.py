@@ -411,9 +411,14 @@ def set_readahead(mountpoint: str, kb: int, timeout: float = 10.0) -> bool:
     return True
 
 
-def fuse_options(*, attr_timeout: float = 86400.0, max_threads: int = 64,
-                 auto_unmount: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def fuse_options(*, attr_timeout: float = 86400.0, negative_timeout: float = 5.0,
+                 max_threads: int = 64, auto_unmount: bool = True,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Mount options: kernel caching on (files are immutable), enough worker threads.
+
+    Negative entries are cached only briefly: an ENOENT from the catalog costs nothing to
+    recompute, while a long negative cache would hide a dataset ID or a reftype link that
+    appears later under bestrefs/ (e.g. after a context change).
 
     max_threads matters: libfuse's default of 10 would let ten slow downloads block every
     other call (stat, ls) of the mount.
@@ -423,7 +428,7 @@ def fuse_options(*, attr_timeout: float = 86400.0, max_threads: int = 64,
         "subtype": "crds-fs",
         "attr_timeout": attr_timeout,
         "entry_timeout": attr_timeout,
-        "negative_timeout": attr_timeout,
+        "negative_timeout": negative_timeout,
         "max_threads": max_threads,
         # 512 KiB reads: the largest whose splice pipe fits the default pipe-max-size
         # (1 MiB), so libfuse moves file pages into the reply without copying them through
