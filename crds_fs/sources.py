@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import ast
 import os
-import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .client.names import is_safe_basename, observatory_of
 from .config import OBSERVATORIES
 from .engine import MAX_MAPPING_CHARS, Context
 from .errors import ConfigError, MissingMappingError
 
 Loader = Callable[[str], str]
 
-# Mapping basenames: letters, digits, '_', '-', '.' (no path separators, not hidden).
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,200}$")
 _MAX_CONFIG_BYTES = 256 * 1024 * 1024
 
 _MEMOS: dict[Any, dict[Any, Any]] = {}
@@ -55,7 +53,7 @@ def clear_memos() -> None:
 
 def check_name(name: str) -> str:
     """*name* if it is a safe mapping basename, else MissingMappingError."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not is_safe_basename(name):
         raise MissingMappingError(f"invalid mapping name {name!r}: expected a plain file name")
     return name
 
@@ -132,33 +130,37 @@ def loader_from_callable(fetch: Callable[[str], str | bytes | os.PathLike[str]])
     return load
 
 
-def read_bad_files(root: str | os.PathLike[str], observatory: str) -> frozenset[str]:
-    """``bad_files_list`` of ``ROOT/config/<obs>/server_config`` (empty if the file is absent).
+def read_server_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A ``server_config`` file (the server info crds keeps in a cache) as a dict.
 
     The file is a Python literal (crds writes it with ``repr``); it is read with
-    ``ast.literal_eval``, never executed.
+    ``ast.literal_eval``, never executed.  Raises ConfigError naming the file when it is
+    not a dict literal; OSError (e.g. FileNotFoundError) passes through.
     """
+    path = Path(path)
+    if path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is implausibly large for a server_config; not reading it")
+    try:
+        config = ast.literal_eval(path.read_text(encoding="utf-8"))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        raise ConfigError(f"{path} is not a valid server_config literal: {exc}; "
+                          "fix or delete it") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} holds a {type(config).__name__}, not a server_config dict; "
+                          "fix or delete it")
+    return config
+
+
+def read_bad_files(root: str | os.PathLike[str], observatory: str) -> frozenset[str]:
+    """``bad_files_list`` of ``ROOT/config/<obs>/server_config`` (empty if the file is absent)."""
     path = Path(root) / "config" / observatory / "server_config"
     if not path.is_file():
         return frozenset()
-    if path.stat().st_size > _MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path} is implausibly large; not reading it")
-    try:
-        config = ast.literal_eval(path.read_text(encoding="utf-8"))
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-        raise ConfigError(f"{path} is not a valid server_config literal: {exc}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path} does not contain a dict")
+    config = read_server_config(path)
     bad = config.get("bad_files_list") or config.get("bad_files") or []
     if isinstance(bad, str):
         bad = bad.split()
     return frozenset(str(name) for name in bad)
-
-
-def observatory_of(context: str) -> str | None:
-    """Observatory from a mapping name prefix (``hst_0729.pmap`` -> ``hst``)."""
-    prefix = os.path.basename(context).split("_")[0].split(".")[0].lower()
-    return prefix if prefix in (*OBSERVATORIES, "tobs") else None
 
 
 @dataclass
@@ -204,13 +206,21 @@ def source_for_path(path: str | os.PathLike[str], context: str) -> MappingSource
     if not base.is_dir():
         raise ConfigError(f"{base} is not a directory of mappings or a CRDS cache root")
     if (base / "mappings").is_dir():
-        observatory = observatory_of(context)
-        candidates = [observatory] if observatory else sorted(
-            p.name for p in (base / "mappings").iterdir() if p.is_dir())
-        for obs in candidates:
-            if obs and (base / "mappings" / obs / os.path.basename(context)).is_file():
-                return cache_root_source(base, obs)
-        if observatory:
-            return cache_root_source(base, observatory)
-        raise ConfigError(f"cannot tell the observatory of {context!r} under {base}/mappings")
+        return cache_root_source(base, _cache_root_observatory(base / "mappings", context))
     return folder_source(base)
+
+
+def _cache_root_observatory(mappings: Path, context: str) -> str:
+    """The ``mappings/<obs>/`` folder holding *context*: the one its name prefix names
+    first, then any; a known observatory prefix wins even when the file is missing (so
+    loading reports the missing mapping by path)."""
+    name = os.path.basename(context)
+    guess = observatory_of(name.lower())
+    present = sorted(p.name for p in mappings.iterdir() if p.is_dir())
+    for obs in ([guess] if guess else []) + present:
+        if (mappings / obs / name).is_file():
+            return obs
+    if guess and (guess in present or guess in (*OBSERVATORIES, "tobs")):
+        return guess
+    raise ConfigError(f"cannot tell the observatory of {context!r}: no {mappings}/<obs>/{name}; "
+                      f"name a context present there (observatories: {', '.join(present)})")

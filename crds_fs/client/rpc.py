@@ -282,18 +282,14 @@ class CrdsClient:
 
     def file_url(self, name: str, observatory: str) -> str:
         """Download URL of *name*, from the server's advertised base URLs (never guessed)."""
-        kind = file_kind(name)
-        field = _URL_FIELDS[kind]
-        bases = self.server_info.get(field)
-        if isinstance(bases, dict) and "unchecked" in bases:  # legacy server info layout
-            bases = bases["unchecked"]
-        if not isinstance(bases, dict) or not bases.get(observatory):
+        url = advertised_url(self.server_info, name, observatory)
+        if url is None:
             raise ProtocolError(
-                f"CRDS server {self.server_url} does not advertise a {field} for observatory "
-                f"'{observatory}' in its server info, so '{name}' cannot be downloaded"
+                f"CRDS server {self.server_url} does not advertise a "
+                f"{url_field(name)} for observatory '{observatory}' in its server info, "
+                f"so '{name}' cannot be downloaded"
             )
-        base = str(bases[observatory])
-        return (base if base.endswith("/") else base + "/") + name
+        return url
 
     def open_stream(self, url: str, start: int = 0, end: int | None = None) -> requests.Response:
         """Streaming GET of *url*, bytes [start, end) (end exclusive, like a slice).
@@ -346,6 +342,26 @@ def iter_chunks(response: requests.Response, chunk_size: int = 1 << 20) -> Itera
         yield from response.iter_content(chunk_size)
     except (requests.RequestException, OSError) as exc:
         raise DownloadError(f"download of {response.url} broke off: {_describe(exc)}") from None
+
+
+def url_field(name: str) -> str:
+    """The server info field holding the download base URLs for *name*'s kind."""
+    return _URL_FIELDS[file_kind(name)]
+
+
+def advertised_url(server_info: dict[str, Any], name: str, observatory: str) -> str | None:
+    """Download URL of *name* from the base URLs *server_info* advertises (None if none).
+
+    Pure (no request), so the mount can show URLs offline from the stored server info.
+    """
+    bases = server_info.get(url_field(name))
+    if isinstance(bases, dict) and "unchecked" in bases:  # legacy server info layout
+        bases = bases["unchecked"]
+    base = bases.get(observatory) if isinstance(bases, dict) else None
+    if not base:
+        return None
+    base = str(base)
+    return (base if base.endswith("/") else base + "/") + name
 
 
 def decode_download_metadata(info: dict[str, Any]) -> dict[str, dict] | None:

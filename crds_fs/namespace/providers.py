@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..client.names import file_kind
 from ..client.payload import crds_encode
+from ..client.rpc import advertised_url, url_field
 from ..errors import (
     CrdsFsError,
     NoSuchAttributeError,
@@ -151,17 +151,11 @@ def file_url(env: MountEnv, name: str) -> str:
     Computed from the stored server info, never by asking the server, so the xattr works
     offline too.
     """
-    field = {"mapping": "mapping_url", "reference": "reference_url",
-             "config": "config_url"}[file_kind(name)]
-    bases = env.cache.server_info.get(field)
-    if isinstance(bases, dict) and "unchecked" in bases:  # legacy server info layout
-        bases = bases["unchecked"]
-    base = bases.get(env.observatory) if isinstance(bases, dict) else None
-    if not base:
+    url = advertised_url(env.cache.server_info, name, env.observatory)
+    if url is None:
         raise NoSuchAttributeError(
-            f"{name}: the server info advertises no {field} for {env.observatory}")
-    base = str(base)
-    return (base if base.endswith("/") else base + "/") + name
+            f"{name}: the server info advertises no {url_field(name)} for {env.observatory}")
+    return url
 
 
 # --- config/<obs>/ --------------------------------------------------------------------------

@@ -14,7 +14,6 @@ about by name.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import logging
 import os
@@ -27,6 +26,8 @@ from typing import Any, NamedTuple
 import diskcache
 
 from ..client.names import FileKind, is_safe_basename
+from ..errors import ConfigError
+from ..sources import read_server_config
 
 log = logging.getLogger(__name__)
 
@@ -264,13 +265,11 @@ class ServedRoot:
         cached = self._configs.get(observatory)
         if cached and cached[0] == stamp:
             return cached[1]
+        value: dict[str, Any] | None
         try:
-            with open(record.path, encoding="utf-8") as handle:
-                value = ast.literal_eval(handle.read())
-            if not isinstance(value, dict):
-                raise ValueError("not a dict")
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
-            log.warning("ignoring %s: not a Python-literal dict (%s)", record.path, exc)
+            value = read_server_config(record.path)
+        except ConfigError as exc:
+            log.warning("ignoring it: %s", exc)
             value = None
         self._configs[observatory] = (stamp, value)
         return value
