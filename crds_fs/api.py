@@ -70,14 +70,18 @@ class Session:
 
     def __init__(self, *, server: str | None = None, cache_dir: str | Path | None = None,
                  mount: str | Path | None = None, observatory: str | None = None,
-                 offline: bool = False, engine: str = "auto") -> None:
+                 offline: bool = False, engine: str = "auto",
+                 settings: Settings | None = None) -> None:
+        """*settings*, when given, are the already resolved ones (server, cache_dir and
+        observatory are then ignored), so `session()` reads a mount's stats only once."""
         from .cache import FileCache
 
         if engine not in ENGINES:
             raise ConfigError(f"engine={engine!r}: use one of {', '.join(ENGINES)}")
         self.mount = Path(mount).resolve() if mount is not None else None
-        settings = resolve_settings(server=server, cache_dir=cache_dir, mount=self.mount,
-                                    observatory=observatory)
+        if settings is None:
+            settings = resolve_settings(server=server, cache_dir=cache_dir, mount=self.mount,
+                                        observatory=observatory)
         self.cache: FileCache = FileCache.open(settings, observatory=settings.observatory,
                                                offline=offline)
         self.resolver = BestrefsResolver(self.cache, engine=engine)
@@ -225,9 +229,8 @@ def session(*, server: str | None = None, cache_dir: str | Path | None = None,
     with _sessions_lock:
         found = _sessions.get(key)
         if found is None:
-            found = Session(server=settings.server_url, cache_dir=settings.cache_dir,
-                            mount=mount_path, observatory=settings.observatory,
-                            offline=offline, engine=engine)
+            found = Session(mount=mount_path, offline=offline, engine=engine,
+                            settings=settings)
             _sessions[key] = found
         return found
 

@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -247,23 +247,16 @@ class BestrefsResolver:
         """crds' client-side bad-file checks for server answers (the server leaves them to
         clients): rules or a recommended reference on the bad files list fail the header
         unless CRDS_ALLOW_BAD_RULES / CRDS_ALLOW_BAD_REFERENCES."""
-        bad = self.cache.catalog.bad_files
-        if outcome.error is not None or not bad:
+        if outcome.error is not None:
             return outcome
         settings = self.cache.settings
-        if not settings.allow_bad_rules:
-            rules = sorted(set(self.mapping_names(context)) & bad)
-            if rules:
-                return Outcome({}, outcome.engine, f"CrdsBadRulesError: Final context "
-                               f"{context!r} is marked as scientifically invalid based on: "
-                               f"{rules}")
-        if not settings.allow_bad_references:
-            for reftype, name in sorted(outcome.bestrefs.items()):
-                if name in bad:
-                    return Outcome({}, outcome.engine, f"CrdsBadReferenceError: Recommended "
-                                   f"reference {name!r} of type {reftype!r} is designated "
-                                   "scientifically invalid.")
-        return outcome
+        error = bad_file_error(
+            context, outcome.bestrefs, self.cache.catalog.bad_files,
+            lambda: self.mapping_names(context),
+            allow_bad_rules=settings.allow_bad_rules,
+            allow_bad_references=settings.allow_bad_references,
+        )
+        return outcome if error is None else Outcome({}, outcome.engine, error)
 
     def _local(self, context: str, header: Mapping[str, str],
                reftypes: list[str] | None = None) -> Outcome:
@@ -279,6 +272,30 @@ class BestrefsResolver:
             name = getattr(exc, "crds_name", type(exc).__name__)
             return Outcome({}, "local", f"{name}: {exc}")
         return Outcome(dict(bestrefs), "local")
+
+
+def bad_file_error(context: str, bestrefs: Mapping[str, Any], bad_files: frozenset[str],
+                   mapping_names: Callable[[], Iterable[str]], *, allow_bad_rules: bool,
+                   allow_bad_references: bool) -> str | None:
+    """crds' client-side bad-file verdict on a server's answer (None: the answer stands).
+
+    A server leaves these checks to its clients, so every remote path (the resolver,
+    `crds-fs bestrefs --remote`) applies this one.  *mapping_names* is only called when
+    bad files exist and bad rules are not allowed (it may cost an RPC).
+    """
+    if not bad_files:
+        return None
+    if not allow_bad_rules:
+        rules = sorted(set(mapping_names()) & bad_files)
+        if rules:
+            return (f"CrdsBadRulesError: Final context {context!r} is marked as "
+                    f"scientifically invalid based on: {rules}")
+    if not allow_bad_references:
+        for reftype, name in sorted(bestrefs.items()):
+            if isinstance(name, str) and name in bad_files:
+                return (f"CrdsBadReferenceError: Recommended reference {name!r} of type "
+                        f"{reftype!r} is designated scientifically invalid.")
+    return None
 
 
 def _service_message(exc: ServiceError) -> str:

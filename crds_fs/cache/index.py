@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import diskcache
 
@@ -141,14 +141,6 @@ class CacheIndex:
     def totals(self) -> tuple[int, int]:
         """(number of files, bytes) recorded, from the counters (no listing)."""
         return int(self.db.get(self._count_key, 0)), int(self.db.get(self._bytes_key, 0))
-
-    # --- metadata -------------------------------------------------------------------------
-
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        return self.db.get(f"meta:{key}", default)
-
-    def set_meta(self, key: str, value: Any) -> None:
-        self.db.set(f"meta:{key}", value)
 
 
 def open_db(directory: Path) -> diskcache.Cache:

@@ -32,6 +32,7 @@ from typing import Any
 
 import click
 
+from ..bestrefs_view import bad_file_error
 from ..config import Settings
 from ..datasets import is_dataset_file, read_header
 from ..errors import ConfigError, CrdsFsError, DatasetError
@@ -184,7 +185,7 @@ class RemoteAnswers:
             self.batch = max(1, int(info.get("max_bestrefs_per_rpc") or _DEFAULT_BATCH))
         except (TypeError, ValueError):
             self.batch = _DEFAULT_BATCH
-        self._bad_rules: list[str] | None = None
+        self._mapping_names_cache: list[str] | None = None
 
     def parkeys(self) -> Any:
         return self.client.get_required_parkeys(self.context_name)
@@ -216,23 +217,20 @@ class RemoteAnswers:
             item.error = f"ServiceError: the server returned no answer for {item.label}"
 
     def _check_bad(self, item: Item) -> None:
-        if not self.bad_files or item.bestrefs is None:
+        if item.bestrefs is None:
             return
-        if not self.settings.allow_bad_rules:
-            if self._bad_rules is None:
-                names = self.client.get_mapping_names(self.context_name)
-                self._bad_rules = sorted(set(names) & self.bad_files)
-            if self._bad_rules:
-                item.error = (f"CrdsBadRulesError: Final context {self.context_name!r} is marked "
-                              f"as scientifically invalid based on: {self._bad_rules}")
-                item.bestrefs = None
-                return
-        for reftype, ref in item.bestrefs.items():
-            if isinstance(ref, str) and ref in self.bad_files and not self.allow_bad_references:
-                item.error = (f"CrdsBadReferenceError: Recommended reference {ref!r} of type "
-                              f"{reftype!r} is designated scientifically invalid.")
-                item.bestrefs = None
-                return
+        error = bad_file_error(self.context_name, item.bestrefs, self.bad_files,
+                               self._mapping_names,
+                               allow_bad_rules=self.settings.allow_bad_rules,
+                               allow_bad_references=self.allow_bad_references)
+        if error is not None:
+            item.error, item.bestrefs = error, None
+
+    def _mapping_names(self) -> list[str]:
+        """The context's mappings, asked of the server once (for the bad-rules check)."""
+        if self._mapping_names_cache is None:
+            self._mapping_names_cache = self.client.get_mapping_names(self.context_name)
+        return self._mapping_names_cache
 
 
 def _screen(header: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..datasets import dataset_name
 from ..errors import DemoError
 from . import cli
 
@@ -98,7 +99,7 @@ def _instructions(info: DemoInfo, session: DemoSession, mountpoint: Path) -> str
     q = shlex.quote
     lines = ["", f"Server:  {session.url}/  (log: {session.server_log})"]
     big = mountpoint / "references" / "hst" / "hst_acs_pfltfile_9201.fits"
-    view = mountpoint / "bestrefs" / dataset.name.split(".")[0]
+    view = mountpoint / "bestrefs" / dataset_name(dataset)
     lines += [
         f"Mounted: {mountpoint}  (cache: {session.cache_dir}, log: {session.mount_log})",
         "",
