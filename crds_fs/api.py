@@ -36,7 +36,7 @@ import atexit
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ from .bestrefs_view import ENGINES, BestrefsResolver, is_reference_name
 from .config import Settings
 from .datasets import read_header
 from .errors import ConfigError, LookupFailure
+from .progress import Progress, report
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .cache import FileCache
@@ -108,13 +109,33 @@ class Session:
 
     # --- the crds-like operations -------------------------------------------------------------
 
-    def dump_mappings(self, context: str | None = None) -> dict[str, str]:
-        """Cache every mapping of *context*; {mapping name: path}."""
+    def dump_mappings(self, context: str | None = None, *,
+                      progress: Progress | None = None) -> dict[str, str]:
+        """Cache every mapping of *context*; {mapping name: path}.
+
+        *progress* (see `crds_fs.progress`) hears of each mapping as it is cached.
+        """
         name = self.context(context)
         names = sorted(set(self.resolver.mapping_names(name)))
-        with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
-            paths = list(pool.map(self.cache.ensure, names))
+        paths = self._ensure_all(names, progress)
         return {n: self.path_of(n, p) for n, p in zip(names, paths, strict=True)}
+
+    def _ensure_all(self, names: list[str], progress: Progress | None) -> list[Path]:
+        """Cached paths of *names* (fetched in parallel), reporting each one as it is ready."""
+        done = 0
+        lock = threading.Lock()
+        report(progress, 0, len(names))
+
+        def ensure(name: str) -> Path:
+            nonlocal done
+            path = self.cache.ensure(name)
+            with lock:
+                done += 1
+                report(progress, done, len(names), name)
+            return path
+
+        with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+            return list(pool.map(ensure, names))
 
     def get_dataset_header(self, context: str | None, dataset: str | Path) -> dict[str, str]:
         """The keywords of *dataset* that *context* matches on (its mappings are cached)."""
@@ -136,17 +157,27 @@ class Session:
         return dict(sorted(outcome.bestrefs.items()))
 
     def cache_references(self, context: str | None, bestrefs: Mapping[str, str], *,
-                         strict: bool = True) -> dict[str, str]:
+                         strict: bool = True,
+                         progress: Progress | None = None) -> dict[str, str]:
         """Fetch (verify) the references named in *bestrefs*; {reftype: path}.
 
         ``NOT FOUND n/a`` types are left out; other NOT FOUND values raise
         ReferenceLookupError before any download (strict) or are left out (not strict).
+        *progress* (see `crds_fs.progress`) hears of each file as it is cached.
         """
-        wanted = _wanted(bestrefs, strict=strict)
-        names = sorted(set(wanted.values()))
-        with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
-            paths = dict(zip(names, pool.map(self.cache.ensure, names), strict=True))
-        return {reftype: self.path_of(ref, paths[ref]) for reftype, ref in wanted.items()}
+        return self.cache_many_references(context, [bestrefs], strict=strict,
+                                          progress=progress)[0]
+
+    def cache_many_references(self, context: str | None,
+                              bestrefs: Sequence[Mapping[str, str]], *, strict: bool = True,
+                              progress: Progress | None = None) -> list[dict[str, str]]:
+        """`cache_references` for many datasets at once: every distinct reference is
+        fetched once, all in one parallel pass (one progress total for the whole set)."""
+        wanted = [_wanted(refs, strict=strict) for refs in bestrefs]
+        names = sorted({ref for refs in wanted for ref in refs.values()})
+        paths = dict(zip(names, self._ensure_all(names, progress), strict=True))
+        return [{reftype: self.path_of(ref, paths[ref]) for reftype, ref in refs.items()}
+                for refs in wanted]
 
     def cache_best_references_for_dataset(
         self, context: str | None, dataset: str | Path, *,
@@ -274,20 +305,22 @@ def cache_references(
     context: str | None, bestrefs: Mapping[str, str], *, strict: bool = True,
     server: str | None = None, cache_dir: str | Path | None = None,
     mount: str | Path | None = None, offline: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, str]:
     """Fetch the references of a bestrefs dict; {reftype: local path} (see the module doc)."""
     return session(server=server, cache_dir=cache_dir, mount=mount,
-                   offline=offline).cache_references(context, bestrefs, strict=strict)
+                   offline=offline).cache_references(context, bestrefs, strict=strict,
+                                                     progress=progress)
 
 
 def dump_mappings(
     context: str | None = None, *, server: str | None = None,
     cache_dir: str | Path | None = None, mount: str | Path | None = None,
-    offline: bool = False,
+    offline: bool = False, progress: Progress | None = None,
 ) -> dict[str, str]:
     """Cache every mapping of *context*; {mapping name: local path}."""
     return session(server=server, cache_dir=cache_dir, mount=mount,
-                   offline=offline).dump_mappings(context)
+                   offline=offline).dump_mappings(context, progress=progress)
 
 
 __all__ = [

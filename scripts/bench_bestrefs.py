@@ -289,10 +289,25 @@ Where it stands: {verdict}
 `ast.parse` of the 137 files alone (the "floor" row) takes {ast_share} of crds-fs' load
 time and is only {floor_ratio} faster than crds' whole load, so the load goal leaves
 {budget_ms:.0f} ms for everything else (reading, checksums, converting the trees to plain
-data, building the indexed selectors); that part takes {rest_ms:.0f} ms now, with the
-cyclic GC paused while each mapping is parsed.  The mapping language must go through
-`ast.parse` (no hand-written parser, no compile/exec), which bounds what further tuning
-of the rest can gain.
+data, building the indexed selectors); that part takes {rest_ms:.0f} ms now.  Already done
+for it: the cyclic GC is paused while each mapping is parsed and built; the tree walker
+handles Match rows inline (tuple-of-constant keys, selector-call values) and all-constant
+dicts with C-level `map`/`zip`; the header checksum hashes the spans around
+the `sha1sum` line instead of splitting the text into lines; per-value conditioning and
+matcher classification are memoised during a build, and plain literal Match values are
+indexed without the general classifier.  Nothing is deferred: "load fully"
+parses, checks and builds every mapping, Match column indexes included.
+
+Caveat on that split: the floor row runs `ast.parse` after the load with the GC running
+over a full heap; inside the load (GC paused) the same parsing takes ~100-105 ms in a
+fresh process, so the rest is really ~60 ms.  What bounds it: per 137 files that is
+roughly conversion of ~62k constant nodes to
+plain data (~22 ms, about 0.35 µs a node, mostly attribute reads of the `ast` objects),
+selector construction with the Match column indexes (~27 ms; the indexes ~7 ms of it),
+reading the files (~7 ms, in `crds_fs/sources.py`) and SHA-1 (~2.5 ms).  Reaching 5x
+would need the trees walked for free or the Match indexes built lazily on first lookup
+(which would move load errors such as a bad `BETWEEN` to lookup time); the mapping
+language must go through `ast.parse` (no hand-written parser, no compile/exec).
 """
 
 

@@ -10,10 +10,10 @@ are importable for tests and tools:
 
 from __future__ import annotations
 
+from ..hashing import sha1_file
 from .facade import FileCache, Reader
 from .fetcher import Download, Fetcher
 from .index import CacheIndex, Entry, open_db
-from .store import FileStore, NameLock, sha1_file
 
 __all__ = [
     "CacheIndex",

@@ -48,8 +48,9 @@ from ..errors import (
     UnknownFileError,
     VerificationError,
 )
+from ..hashing import sha1_file
 from .index import CacheIndex
-from .store import FileStore, NameLock, sha1_file
+from .store import FileStore, NameLock
 
 log = logging.getLogger("crds_fs.cache")
 

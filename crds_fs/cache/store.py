@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import pprint
@@ -36,7 +35,6 @@ PART_SUFFIX = ".part"
 LOCK_SUFFIX = ".lock"
 #: Read-only: nothing may change a verified file in place (crds, the mount, a user).
 FILE_MODE = 0o444
-_HASH_CHUNK = 1 << 20
 #: sync_file_range(2) flag: start writeback of the range's dirty pages, do not wait
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -242,17 +240,6 @@ class FileStore:
             finally:
                 lock.release()
         return removed
-
-
-def sha1_file(path: Path) -> tuple[int, str]:
-    """(size, sha1 hex) of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha1(usedforsecurity=False)
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -36,6 +36,7 @@ from ..bestrefs_view import bad_file_error
 from ..config import Settings
 from ..datasets import is_dataset_file, read_header
 from ..errors import ConfigError, CrdsFsError, DatasetError
+from ..progress import Progress, ProgressBar, report, track
 from . import cli
 
 #: Exit status for an unreadable or unparsable input.
@@ -149,8 +150,9 @@ class LocalAnswers:
     def parkeys(self) -> Any:
         return self.context.required_parkeys()
 
-    def answer(self, items: list[Item]) -> None:
-        for item in items:
+    def answer(self, items: list[Item], progress: Progress | None = None) -> None:
+        report(progress, 0, len(items))
+        for number, item in enumerate(items, start=1):
             try:
                 refs = self.context.best_references(
                     item.header, bad_files=self.source.bad_files,
@@ -160,6 +162,7 @@ class LocalAnswers:
                 item.bestrefs = _plain(refs)
             except Exception as exc:  # per-header failure, reported in the output
                 item.error = _describe(exc)
+            report(progress, number, len(items), item.label)
 
 
 class RemoteAnswers:
@@ -190,7 +193,8 @@ class RemoteAnswers:
     def parkeys(self) -> Any:
         return self.client.get_required_parkeys(self.context_name)
 
-    def answer(self, items: list[Item]) -> None:
+    def answer(self, items: list[Item], progress: Progress | None = None) -> None:
+        report(progress, 0, len(items))
         for start in range(0, len(items), self.batch):
             chunk = items[start:start + self.batch]
             headers = {f"h{start + i}": _screen(item.header) for i, item in enumerate(chunk)}
@@ -199,6 +203,7 @@ class RemoteAnswers:
                 answers = {}
             for i, item in enumerate(chunk):
                 self._take(item, answers.get(f"h{start + i}"))
+            report(progress, start + len(chunk), len(items))
 
     def _take(self, item: Item, value: Any) -> None:
         if isinstance(value, (list, tuple)) and len(value) == 2:
@@ -298,7 +303,7 @@ def _read_with_ids(inputs: tuple[Path, ...], parkeys: Any, answers: Any,
         except CrdsFsError as exc:
             raise InputError(f"dataset IDs {', '.join(ids)}: {exc}") from None
     items: list[Item] = []
-    for path in inputs:
+    for path in track(inputs, len(inputs), "reading inputs", unit="input"):
         if not is_dataset_id(path):
             items.extend(read_inputs((path,), parkeys))
             continue
@@ -317,11 +322,13 @@ def _cache_references(items: list[Item], context: str,
     from ..api import close_sessions, session
 
     cache = session(server=settings.server_url, cache_dir=settings.cache_dir)
+    numbers = [number for number, item in enumerate(items) if item.error is None]
+    wanted = [{t: v for t, v in (items[n].bestrefs or {}).items() if isinstance(v, str)}
+              for n in numbers]
     try:
-        return {number: cache.cache_references(context, {
-                    t: v for t, v in (item.bestrefs or {}).items() if isinstance(v, str)},
-                    strict=False)
-                for number, item in enumerate(items) if item.error is None}
+        with ProgressBar("fetching references") as bar:
+            paths = cache.cache_many_references(context, wanted, strict=False, progress=bar)
+        return dict(zip(numbers, paths, strict=True))
     finally:
         close_sessions()
 
@@ -392,7 +399,8 @@ def bestrefs(context: str, mappings: Path | None, server: str | None, local: boo
     except InputError as exc:
         click.echo(f"crds-fs bestrefs: error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
-    answers.answer([item for item in items if item.error is None])
+    with ProgressBar("best references", unit="header") as bar:
+        answers.answer([item for item in items if item.error is None], bar)
     paths = _cache_references(items, context, settings) if cache_references else None
     if as_json:
         _print_json(items, paths)

@@ -74,9 +74,11 @@ def demo_data(directory: Path, large_mb: int, seed: int) -> None:
     Serve it with `crds-fs serve DIRECTORY`, or point crds at it with CRDS_PATH=DIRECTORY.
     """
     from ..demo.generate import generate
+    from ..progress import ProgressBar
 
     started = time.monotonic()
-    info = generate(directory, large_mb=large_mb, seed=seed)
+    with ProgressBar("writing demo data") as bar:
+        info = generate(directory, large_mb=large_mb, seed=seed, progress=bar)
     click.echo(_summary(info))
     click.echo(f"Written in {time.monotonic() - started:.1f}s.")
 

@@ -183,23 +183,12 @@ def check_mountpoint(mountpoint: Path) -> None:
 
 def is_mounted(path: Path) -> bool:
     """True when *path* is the mount point of some filesystem (from /proc/self/mountinfo)."""
-    target = os.path.abspath(path)
+    from ..fuse.mountinfo import find_mount
+
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as lines:
-            for line in lines:
-                fields = line.split()
-                if len(fields) > 4 and _unescape(fields[4]) == target:
-                    return True
+        return find_mount(path) is not None
     except OSError:
-        return os.path.ismount(target)
-    return False
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, char)
-    return field
+        return os.path.ismount(os.path.abspath(path))
 
 
 def start_daemon(args: list[str], mountpoint: Path, log_path: Path,

@@ -20,6 +20,7 @@ import pprint
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..progress import Progress, report
 from . import spec
 from .fitsfiles import write_dataset, write_reference
 from .mappings import render_imap, render_pmap, render_rmap
@@ -69,12 +70,14 @@ class DemoInfo:
         return self.expected[Path(dataset).name][context or self.context]
 
 
-def generate(root: Path, *, large_mb: int = 24, seed: int = 0) -> DemoInfo:
+def generate(root: Path, *, large_mb: int = 24, seed: int = 0,
+             progress: Progress | None = None) -> DemoInfo:
     """Write the demo observatory under *root* (created if needed; files are overwritten).
 
     *large_mb* is the size of the biggest reference (the ACS WFC F606W flat); the 2016 ACS
     WFC dark is half of it and every other reference is tens of KB.  The same *seed* always
-    gives byte-identical files.  Takes about a second for the default 24 MB.
+    gives byte-identical files.  Takes about a second for the default 24 MB (a GB takes
+    seconds: *progress*, see `crds_fs.progress`, hears of each reference and dataset).
     """
     if large_mb < 1:
         raise ValueError(f"large_mb must be at least 1, not {large_mb}")
@@ -83,10 +86,14 @@ def generate(root: Path, *, large_mb: int = 24, seed: int = 0) -> DemoInfo:
     for folder in (info.mapping_dir, info.reference_dir, info.config_dir, info.dataset_dir):
         folder.mkdir(parents=True, exist_ok=True)
     _write_mappings(info.mapping_dir)
-    for ref in spec.REFERENCES:
+    total = len(spec.REFERENCES) + len(spec.DATASETS)
+    report(progress, 0, total)
+    for done, ref in enumerate(spec.REFERENCES, start=1):
         write_reference(info.reference_dir / ref.name, ref, seed=seed, large_mb=large_mb)
-    for dataset in spec.DATASETS:
+        report(progress, done, total, ref.name)
+    for done, dataset in enumerate(spec.DATASETS, start=len(spec.REFERENCES) + 1):
         write_dataset(info.dataset_dir / dataset.file_name, dataset, seed=seed)
+        report(progress, done, total, dataset.file_name)
     _write_config(info)
     _write_text(root / INFO_FILE, json.dumps(_info_json(info, large_mb, seed), indent=2) + "\n")
     return info

@@ -30,6 +30,7 @@ parsing, nesting deeper than :data:`MAX_DEPTH` is refused while converting.
 from __future__ import annotations
 
 import ast
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,13 +53,23 @@ SELECTOR_NAMES = frozenset(
 _SECTIONS = ("header", "selector", "comment")
 
 
-@dataclass(frozen=True, eq=False)
 class SelectorCall:
-    """One selector call of an rmap: its class name, entries (key -> value) and source line."""
+    """One selector call of an rmap: its class name, entries (key -> value) and source line.
 
-    kind: str
-    entries: dict[Any, Any]
-    line: int
+    Treat as immutable.  A slotted class rather than a frozen dataclass because rmaps hold
+    thousands of calls and a frozen dataclass' ``__init__`` (``object.__setattr__`` per
+    field) costs several times more.
+    """
+
+    __slots__ = ("kind", "entries", "line")
+
+    def __init__(self, kind: str, entries: dict[Any, Any], line: int) -> None:
+        self.kind = kind
+        self.entries = entries
+        self.line = line
+
+    def __repr__(self) -> str:
+        return f"SelectorCall(kind={self.kind!r}, entries={self.entries!r}, line={self.line!r})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,6 +166,7 @@ def _illegal(node: ast.AST, name: str) -> MappingFormatError:
 _CONSTANT_TYPES = (str, int, float, bool, type(None))
 _PLAIN = frozenset(_CONSTANT_TYPES)
 _CONSTANT_NODE = {ast.Constant}
+_VALUE = operator.attrgetter("value")
 
 
 class _Converter:
@@ -190,27 +202,70 @@ class _Converter:
         raise _illegal(node, self.name)
 
     def _dict(self, node: ast.Dict, depth: int, allow_call: bool) -> dict[Any, Any]:
-        constant = ast.Constant
         keys, values = node.keys, node.values
         # Fast path for all-constant dicts (UseAfter bodies: 'date' : 'file'), which make up
         # most of every rmap; dict(zip()) keeps dict-display semantics for duplicate keys.
         # (Node types are checked exactly: other nodes may have a .value too.)
-        if set(map(type, keys)) == _CONSTANT_NODE and set(map(type, values)) == _CONSTANT_NODE:
-            plain_keys = [k.value for k in keys]  # type: ignore[union-attr]
-            plain_values = [v.value for v in values]  # type: ignore[attr-defined]
+        key_types = set(map(type, keys))
+        value_types = set(map(type, values))
+        if key_types == _CONSTANT_NODE and value_types == _CONSTANT_NODE:
+            plain_keys = list(map(_VALUE, keys))
+            plain_values = list(map(_VALUE, values))
             if set(map(type, plain_keys)) <= _PLAIN and set(map(type, plain_values)) <= _PLAIN:
                 return dict(zip(plain_keys, plain_values, strict=True))
+        # Match bodies: (constant, ...) tuple keys -> selector calls or constants.  Those
+        # node kinds are handled inline (same checks and error order as convert()): this
+        # loop runs once per Match row, thousands of times per rmap.
+        inner = depth + 1
+        if inner > MAX_DEPTH:  # the inline paths below skip convert()'s depth check
+            return self._dict_generic(keys, values, inner, allow_call)
+        constant, tuple_node, call_node = ast.Constant, ast.Tuple, ast.Call
+        convert, call = self.convert, self._call
         result: dict[Any, Any] = {}
-        for key_node, value_node in zip(node.keys, node.values, strict=True):
-            # Fast path for the common 'date' : 'file' / 'key' : 'value' entries.
+        for key_node, value_node in zip(keys, values, strict=True):
+            key_type = type(key_node)
+            if key_type is tuple_node:
+                elts = key_node.elts  # type: ignore[union-attr]
+                key = None
+                if set(map(type, elts)) == _CONSTANT_NODE:
+                    plain = tuple(map(_VALUE, elts))
+                    if set(map(type, plain)) <= _PLAIN:
+                        key = plain
+                if key is None:
+                    key = convert(key_node, inner, False)
+            elif key_type is constant and type(key_node.value) is str:  # type: ignore[union-attr]
+                key = key_node.value  # type: ignore[union-attr]
+            elif key_node is None:  # {**other}
+                raise _illegal(value_node, self.name)
+            else:
+                key = convert(key_node, inner, False)
+            value_type = type(value_node)
+            if value_type is call_node and allow_call:
+                value = call(value_node, inner)  # type: ignore[arg-type]
+            elif value_type is constant and type(value_node.value) is str:  # type: ignore[attr-defined]
+                value = value_node.value  # type: ignore[attr-defined]
+            else:
+                value = convert(value_node, inner, allow_call)
+            try:
+                result[key] = value
+            except TypeError as exc:  # e.g. a list inside a tuple key
+                raise format_error(self.name, str(exc), key_node.lineno) from None
+        return result
+
+    def _dict_generic(self, keys: list[ast.expr | None], values: list[ast.expr], inner: int,
+                      allow_call: bool) -> dict[Any, Any]:
+        """Entry by entry through convert() (which checks the nesting depth)."""
+        constant = ast.Constant
+        result: dict[Any, Any] = {}
+        for key_node, value_node in zip(keys, values, strict=True):
             if (type(key_node) is constant and type(value_node) is constant
                     and type(key_node.value) is str and type(value_node.value) is str):
                 result[key_node.value] = value_node.value
                 continue
             if key_node is None:  # {**other}
                 raise _illegal(value_node, self.name)
-            key = self.convert(key_node, depth + 1, False)
-            value = self.convert(value_node, depth + 1, allow_call)
+            key = self.convert(key_node, inner, False)
+            value = self.convert(value_node, inner, allow_call)
             try:
                 result[key] = value
             except TypeError as exc:  # e.g. a list inside a tuple key
@@ -228,6 +283,8 @@ class _Converter:
         raise _illegal(node, self.name)
 
     def _call(self, node: ast.Call, depth: int) -> SelectorCall:
+        if depth > MAX_DEPTH:  # (also checked by convert(); _dict() calls here directly)
+            raise format_error(self.name, f"nesting deeper than {MAX_DEPTH} levels", node.lineno)
         func = node.func
         if not isinstance(func, ast.Name) or func.id not in SELECTOR_NAMES:
             shown = func.id if isinstance(func, ast.Name) else type(func).__name__

@@ -312,6 +312,12 @@ class _Column:
         return ones, zeros
 
 
+#: First characters / upper-case prefixes that make a Match value more than a plain literal
+#: (matchers, esoteric values); "NOT" without the space covers both _classify and is_esoteric.
+_SPECIAL_FIRST = ("(", "{", "#", ">", "<")
+_SPECIAL_WORDS = ("BETWEEN", "NOT")
+
+
 def _classify(key: str, scratch: dict[Any, Any]) -> tuple[str, Any]:
     """("exact", values) | ("na", None) | ("special", matcher) for one conditioned value."""
     upper = key.upper()
@@ -387,7 +393,18 @@ class MatchSelector(Selector):
                 rows_by_value[cell] = rows_by_value.get(cell, 0) | (1 << row)
             values: set[str] | None = set()
             column = _Column(name, [])
+            exact = column.exact
             for cell, rows in rows_by_value.items():
+                if (cell != "N/A" and "|" not in cell and "*" not in cell
+                        and not cell.startswith(_SPECIAL_FIRST)
+                        and not cell.upper().startswith(_SPECIAL_WORDS)):
+                    # A plain literal (most cells): what _classify() and _cell_info() would
+                    # find, ("exact", (cell,)) and (not esoteric, {cell}), without the calls.
+                    exact[cell] = exact.get(cell, 0) | rows
+                    column.exact_all |= rows
+                    if values is not None:
+                        values.add(cell)
+                    continue
                 column.add(cell, rows, classify)
                 if values is not None:
                     esoteric, parts = _cell_info(cell, cells)

@@ -28,6 +28,7 @@ import mfusepy
 
 from ..errors import CrdsFsError, MountError
 from ..namespace import MountSource
+from .mountinfo import find_mount
 
 log = logging.getLogger(__name__)
 
@@ -371,13 +372,8 @@ class CrdsFUSE(mfusepy.FUSE):
 
 def mount_device(mountpoint: str) -> str | None:
     """'major:minor' of the FUSE mount at *mountpoint* (from /proc/self/mountinfo)."""
-    target = os.path.abspath(mountpoint)
-    with open("/proc/self/mountinfo", encoding="utf-8") as lines:
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == target and " - fuse" in line:
-                return fields[2]
-    return None
+    entry = find_mount(mountpoint)
+    return entry.device if entry is not None and entry.fstype.startswith("fuse") else None
 
 
 def set_readahead(mountpoint: str, kb: int, timeout: float = 10.0) -> bool:

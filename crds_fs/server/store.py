@@ -14,7 +14,6 @@ about by name.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -27,6 +26,7 @@ import diskcache
 
 from ..client.names import FileKind, is_safe_basename
 from ..errors import ConfigError
+from ..hashing import sha1_file
 from ..sources import read_server_config
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ DIR_KINDS: dict[str, FileKind] = {
     "config": "config",
 }
 KIND_DIRS: dict[FileKind, str] = {kind: name for name, kind in DIR_KINDS.items()}
+#: seconds between "hashing ..." progress lines while a folder is being (re)hashed
+PROGRESS_INTERVAL = 5.0
 
 
 class FileRecord(NamedTuple):
@@ -67,20 +69,18 @@ class _Folder:
         return f"dir:{KIND_DIRS[self.kind]}/{self.observatory}"
 
 
-def sha1_of(path: str | Path) -> str:
-    """Hex SHA-1 of a whole file, read in large blocks (never whole into memory)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha1").hexdigest()
-
-
 class ServedRoot:
     """A CRDS cache-layout folder as the server sees it; thread-safe."""
 
-    def __init__(self, root: Path, index_dir: Path, *, rescan_interval: float = 10.0) -> None:
+    def __init__(self, root: Path, index_dir: Path, *, rescan_interval: float = 10.0,
+                 progress_interval: float = PROGRESS_INTERVAL) -> None:
+        """*progress_interval*: seconds between progress log lines while hashing (the first
+        start of a server over terabytes hashes for a long time)."""
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise FileNotFoundError(f"served folder {root} does not exist or is not a folder")
         self.rescan_interval = rescan_interval
+        self.progress_interval = progress_interval
         Path(index_dir).mkdir(parents=True, exist_ok=True)
         self.index = diskcache.Cache(str(index_dir))
         self._lock = threading.RLock()
@@ -152,20 +152,24 @@ class ServedRoot:
     def _rescan(self, folder: _Folder) -> None:
         """Re-list *folder*; hash only files whose size or mtime changed."""
         files: dict[str, FileRecord] = {}
-        hashed = 0
         dir_mtime = _mtime(folder.path)  # taken first: a change while listing shows next time
         listing, folder.subdirs = self._list_files(folder)
+        changed = []
         for name, path, stat in listing:
             old = folder.files.get(name)
             if old and old.path == path and (old.size, old.mtime_ns) == (stat.st_size,
                                                                       stat.st_mtime_ns):
                 files[name] = old
-                continue
+            else:
+                changed.append((name, path, stat))
+        progress = _HashProgress(folder.path, changed, self.progress_interval)
+        for name, path, stat in changed:
             try:
-                files[name] = FileRecord(path, stat.st_size, stat.st_mtime_ns, sha1_of(path))
-                hashed += 1
+                files[name] = FileRecord(path, stat.st_size, stat.st_mtime_ns, sha1_file(path)[1])
             except OSError as exc:
                 log.warning("cannot read %s, not serving it: %s", path, exc)
+            progress.advance(stat.st_size)
+        hashed = progress.files_done
         folder.signature = (dir_mtime, *(_mtime(p) for p in folder.subdirs))
         if files != folder.files:
             folder.files = files
@@ -241,7 +245,7 @@ class ServedRoot:
                 return record
             try:
                 fresh = FileRecord(record.path, stat.st_size, stat.st_mtime_ns,
-                                   sha1_of(record.path))
+                                   sha1_file(record.path)[1])
             except OSError:
                 return None
             folder.files = {**folder.files, name: fresh}
@@ -273,6 +277,40 @@ class ServedRoot:
             value = None
         self._configs[observatory] = (stamp, value)
         return value
+
+
+class _HashProgress:
+    """Logs "hashing FOLDER: n/N files, x/X GB" every *interval* seconds of a long hash.
+
+    Quick rescans (the common case) log nothing; a first start over a large mirror says
+    how far it is instead of being silent for hours.
+    """
+
+    def __init__(self, folder: Path, todo: list[tuple[str, str, os.stat_result]],
+                 interval: float) -> None:
+        self.folder = folder
+        self.interval = interval
+        self.files_total = len(todo)
+        self.bytes_total = sum(stat.st_size for _, _, stat in todo)
+        self.files_done = 0
+        self.bytes_done = 0
+        self.started = self.last = time.monotonic()
+
+    def advance(self, size: int) -> None:
+        self.files_done += 1
+        self.bytes_done += size
+        now = time.monotonic()
+        if now - self.last >= self.interval and self.files_done < self.files_total:
+            self.last = now
+            rate = self.bytes_done / max(now - self.started, 1e-9)
+            left = (self.bytes_total - self.bytes_done) / rate if rate else 0.0
+            log.info("hashing %s: %d/%d files, %s/%s (%s/s, about %.0fs left)", self.folder,
+                     self.files_done, self.files_total, _gb(self.bytes_done),
+                     _gb(self.bytes_total), _gb(rate), left)
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.2f} GB"
 
 
 def _mtime(path: Path) -> int:

@@ -1,0 +1,80 @@
+"""Progress reporting for long operations, kept out of the way of scripts.
+
+The library layers take an optional `Progress` callback and know nothing of terminals;
+the CLI passes a `ProgressBar`, a tqdm bar on stderr that is shown only when stderr is a
+terminal (tqdm's ``disable=None``), so piped or ``--json`` output never contains it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+#: ``progress(done, total, name)``: called once with ``done=0`` before the work starts,
+#: then after each unit (``name`` is the file or item just finished).
+Progress = Callable[[int, int, str], None]
+
+
+class ProgressBar:
+    """A `Progress` callback drawing a tqdm bar on stderr when it is a terminal.
+
+    Created lazily on the first call, because only then is the total known.  Use as a
+    context manager so the bar is removed before the command prints its results.
+    """
+
+    def __init__(self, desc: str, unit: str = "file") -> None:
+        self.desc = desc
+        self.unit = unit
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        if self.bar is None:
+            self.bar = new_bar(total, self.desc, self.unit)
+        if total != self.bar.total:
+            self.bar.total = total
+        if name:
+            self.bar.set_postfix_str(name, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+def new_bar(total: int | None, desc: str, unit: str = "file") -> tqdm:
+    """A tqdm bar on stderr, disabled unless stderr is a terminal; removed when closed."""
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None,
+                leave=False, dynamic_ncols=True)
+
+
+def track(items: Iterable[T], total: int, desc: str, unit: str = "file") -> Iterator[T]:
+    """*items*, with a bar on stderr (when a terminal) advancing as each is consumed."""
+    bar = new_bar(total, desc, unit)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def report(progress: Progress | None, done: int, total: int, name: str = "") -> None:
+    """Call *progress* when there is one (so callers need no `if` of their own)."""
+    if progress is not None:
+        progress(done, total, name)
+
+
+__all__ = ["Progress", "ProgressBar", "new_bar", "report", "track"]
