@@ -14,6 +14,7 @@ from ..hashing import sha1_file
 from .facade import FileCache, Reader
 from .fetcher import Download, Fetcher
 from .index import CacheIndex, Entry, open_db
+from .store import FileStore, NameLock
 
 __all__ = [
     "CacheIndex",
