@@ -181,3 +181,11 @@ def make_tiny_root(root: Path, *, server_config: bool = True) -> Path:
             "force_remote_mode": 0,
         }))
     return root
+
+
+def start_tiny_server(base: Path) -> ServerProcess:
+    """`crds-fs serve` over a fresh tiny root in *base* (index beside it), already started."""
+    root = make_tiny_root(base / "root")
+    server = ServerProcess(root, "--index", str(base / "index"), log_dir=base)
+    server.start()
+    return server

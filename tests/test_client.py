@@ -32,7 +32,13 @@ from crds_fs.errors import (
     ServerUnreachableError,
     ServiceError,
 )
-from tests.helpers import TINY_REFERENCES, ServerProcess, free_port, make_tiny_root
+from tests.helpers import (
+    TINY_REFERENCES,
+    ServerProcess,
+    free_port,
+    make_tiny_root,
+    start_tiny_server,
+)
 
 # --- fixtures -------------------------------------------------------------------------------
 
@@ -40,10 +46,7 @@ from tests.helpers import TINY_REFERENCES, ServerProcess, free_port, make_tiny_r
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One `crds-fs serve` over the tiny root for the read-only tests of this module."""
-    base = tmp_path_factory.mktemp("client")
-    root = make_tiny_root(base / "root")
-    server = ServerProcess(root, "--index", str(base / "index"), log_dir=base)
-    server.start()
+    server = start_tiny_server(tmp_path_factory.mktemp("client"))
     yield server
     server.stop()
 

@@ -21,15 +21,18 @@ import pytest
 import requests
 
 from crds_fs.client.payload import crds_decode
-from tests.helpers import TINY_REFERENCES, ServerProcess, free_port, make_tiny_root
+from tests.helpers import (
+    TINY_REFERENCES,
+    ServerProcess,
+    free_port,
+    make_tiny_root,
+    start_tiny_server,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    base = tmp_path_factory.mktemp("server")
-    root = make_tiny_root(base / "root")
-    server = ServerProcess(root, "--index", str(base / "index"), log_dir=base)
-    server.start()
+    server = start_tiny_server(tmp_path_factory.mktemp("server"))
     yield server
     server.stop()
 

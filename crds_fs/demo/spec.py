@@ -35,8 +35,27 @@ NA = "NOT FOUND n/a"
 NO_MATCH = "NOT FOUND No match found."
 
 
+class _NamedFile:
+    """Instrument read from a demo file name (hst_<instr>_...): crds reads names the same
+    way, so the name is the single source of truth."""
+
+    name: str
+
+    @property
+    def instrument(self) -> str:
+        return self.name.split("_")[1].upper()
+
+
+class _KindedFile(_NamedFile):
+    """A file named hst_<instr>_<kind>_NNNN.ext (references and rmaps)."""
+
+    @property
+    def filekind(self) -> str:
+        return self.name.split("_")[2].upper()
+
+
 @dataclass(frozen=True)
-class Reference:
+class Reference(_KindedFile):
     """One reference file: what its header says and how big/what shape it is."""
 
     name: str
@@ -50,17 +69,9 @@ class Reference:
     #: "small" (tens of KB), "large" (large_mb MB) or "half" (large_mb / 2 MB)
     size: str = "small"
 
-    @property
-    def instrument(self) -> str:
-        return self.name.split("_")[1].upper()
-
-    @property
-    def filekind(self) -> str:
-        return self.name.split("_")[2].upper()
-
 
 @dataclass(frozen=True)
-class Rmap:
+class Rmap(_KindedFile):
     """One reference mapping: header fields plus ``Match`` rows of ``UseAfter`` dates."""
 
     name: str
@@ -73,25 +84,13 @@ class Rmap:
     reffile_required: str = "YES"
     parkey_relevance: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def instrument(self) -> str:
-        return self.name.split("_")[1].upper()
-
-    @property
-    def filekind(self) -> str:
-        return self.name.split("_")[2].upper()
-
 
 @dataclass(frozen=True)
-class Imap:
+class Imap(_NamedFile):
     name: str
     derived_from: str
     #: reftype (lower case) -> rmap name or 'N/A'
     selector: dict[str, str]
-
-    @property
-    def instrument(self) -> str:
-        return self.name.split("_")[1].upper()
 
 
 @dataclass(frozen=True)

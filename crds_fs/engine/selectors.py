@@ -161,6 +161,12 @@ class Selector:
 
     def get_parkey_map(self) -> dict[str, Any]:
         """crds' per-parameter list of values in use ([] = unchecked)."""
+        return self._parkey_map(lambda value: (is_esoteric(value), set(glob_parts(value))))
+
+    def _parkey_map(
+        self, cell: Callable[[Any], tuple[bool, set[str] | frozenset[str]]]
+    ) -> dict[str, Any]:
+        """crds' parkey-map loop; *cell* gives (esoteric?, values) of one key element."""
         parmap: dict[str, Any] = {}
         count = len(self.parameters)
         for i, par in enumerate(self.parameters):
@@ -174,10 +180,11 @@ class Selector:
                         self.short_name + " key=" + repr(key)
                         + " is wrong length for parameters " + repr(self.parameters)
                     )
-                if is_esoteric(key[i]):
+                esoteric, parts = cell(key[i])
+                if esoteric:
                     parmap[par] = []
                     break
-                parmap[par] |= set(glob_parts(key[i]))
+                parmap[par] |= parts
         return {par: sorted(values) for par, values in parmap.items()}
 
     # -- lookup ---------------------------------------------------------------------------
@@ -488,23 +495,7 @@ class MatchSelector(Selector):
             self._fused = True
             return {}
         scratch = self.settings.scratch["cell"]
-        parmap: dict[str, Any] = {}
-        count = len(self.parameters)
-        for i, par in enumerate(self.parameters):
-            if par not in parmap:
-                parmap[par] = set()
-            for key in self.keys:
-                if len(key) != count:
-                    raise ValidationError(
-                        self.short_name + " key=" + repr(key)
-                        + " is wrong length for parameters " + repr(self.parameters)
-                    )
-                esoteric, parts = _cell_info(key[i], scratch)
-                if esoteric:
-                    parmap[par] = []
-                    break
-                parmap[par] |= parts
-        return {par: sorted(values) for par, values in parmap.items()}
+        return self._parkey_map(lambda value: _cell_info(value, scratch))
 
     def _validate_value(self, name: str, value: Any, valid: list[str]) -> None:
         """crds' runtime value check, including its odd corners (NOT prefixes, substitutions)."""
