@@ -41,9 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .bestrefs_view import ENGINES, BestrefsResolver, is_reference_name
+from .bestrefs.headers import read_header
+from .bestrefs.resolver import ENGINES, BestrefsResolver, is_reference_name
 from .config import Settings
-from .datasets import read_header
 from .errors import ConfigError, LookupFailure
 from .progress import Progress, report
 

@@ -75,8 +75,8 @@ def worker_load(side: str, data: Path) -> dict[str, float]:
     else:
         import ast
 
+        from crds_fs.bestrefs.sources import cache_root_loader
         from crds_fs.engine import Context
-        from crds_fs.sources import cache_root_loader
 
         start = time.perf_counter()
         Context.load("hst_0729.pmap", cache_root_loader(data, "hst")).mapping_names()
@@ -101,7 +101,7 @@ def worker_eval(side: str, data: Path) -> dict[str, float]:
         def lookup(obs: str, header: dict[str, Any]) -> Any:
             return crds.getrecommendations(header, context=CONTEXTS[obs], observatory=obs)
     else:
-        from crds_fs.sources import cache_root_source
+        from crds_fs.bestrefs.sources import cache_root_source
 
         loaded = {}
         for obs, context in CONTEXTS.items():
@@ -304,7 +304,7 @@ fresh process, so the rest is really ~60 ms.  What bounds it: per 137 files that
 roughly conversion of ~62k constant nodes to
 plain data (~22 ms, about 0.35 µs a node, mostly attribute reads of the `ast` objects),
 selector construction with the Match column indexes (~27 ms; the indexes ~7 ms of it),
-reading the files (~7 ms, in `crds_fs/sources.py`) and SHA-1 (~2.5 ms).  Reaching 5x
+reading the files (~7 ms, in `crds_fs/bestrefs/sources.py`) and SHA-1 (~2.5 ms).  Reaching 5x
 would need the trees walked for free or the Match indexes built lazily on first lookup
 (which would move load errors such as a bad `BETWEEN` to lookup time); the mapping
 language must go through `ast.parse` (no hand-written parser, no compile/exec).

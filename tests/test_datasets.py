@@ -1,4 +1,4 @@
-"""Dataset headers (crds_fs.datasets) and `crds-fs serve --datasets` (dataset-ID RPCs).
+"""Dataset headers (crds_fs.bestrefs.headers) and `crds-fs serve --datasets` (dataset-ID RPCs).
 
 Real files written with astropy/asdf; the server is a real `crds-fs serve` subprocess.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from crds_fs import datasets as ds
+from crds_fs.bestrefs import headers as ds
 from crds_fs.client.rpc import CrdsClient
 from crds_fs.errors import DatasetError, ServiceError
 from crds_fs.server.datasets import DatasetIndex
@@ -273,8 +273,8 @@ def test_headers_written_and_read_back_give_crds_answers(shared_data: Path,
     """A case header written as a dataset (HST: FITS keywords, JWST: ASDF meta tree), read
     back with the context's required keys, gives exactly crds' recorded answer."""
     asdf = pytest.importorskip("asdf")
+    from crds_fs.bestrefs.sources import cache_root_source
     from crds_fs.engine.observatories import jwst_keyword_table
-    from crds_fs.sources import cache_root_source
 
     compared = 0
     kinds: dict[str, int] = {}

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from crds_fs.bestrefs.sources import cache_root_source
 from crds_fs.engine import crds_name_of
-from crds_fs.sources import cache_root_source
 
 CASE_FILES = [("hst_0729.jsonl", "hst", "hst_0729.pmap"),
               ("jwst_0541.jsonl", "jwst", "jwst_0541.pmap")]

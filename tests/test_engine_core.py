@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from crds_fs.bestrefs.sources import loader_from_callable
 from crds_fs.engine import (
     Context,
     condition_header,
@@ -33,7 +34,6 @@ from crds_fs.errors import (
     MissingMappingError,
     UnknownInstrumentError,
 )
-from crds_fs.sources import loader_from_callable
 
 # --- builders -----------------------------------------------------------------------------
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from crds_fs.bestrefs.sources import cache_root_source
 from crds_fs.engine import Context, crds_name_of
 from crds_fs.engine.matchers import glob_parts
 from crds_fs.engine.selectors import MatchSelector, Selector, UseAfterSelector
-from crds_fs.sources import cache_root_source
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from crds_fs.bestrefs.sources import folder_loader, loader_from_callable
 from crds_fs.engine import Context, parse_mapping, set_mapping_checksum
 from crds_fs.engine.parser import MAX_MAPPING_CHARS
 from crds_fs.errors import ChecksumError, MappingFormatError, MissingMappingError
-from crds_fs.sources import folder_loader, loader_from_callable
 from tests.test_engine_core import Rules, lookup, mapping_text, one_rmap
 
 pytestmark = pytest.mark.timeout(60)

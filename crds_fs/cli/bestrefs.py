@@ -32,9 +32,9 @@ from typing import Any
 
 import click
 
-from ..bestrefs_view import bad_file_error
+from ..bestrefs.headers import is_dataset_file, read_header
+from ..bestrefs.resolver import bad_file_error
 from ..config import Settings
-from ..datasets import is_dataset_file, read_header
 from ..errors import ConfigError, CrdsFsError, DatasetError
 from ..progress import Progress, ProgressBar, report, track
 from . import cli
@@ -140,7 +140,7 @@ class LocalAnswers:
 
     def __init__(self, context: str, mappings: Path, settings: Settings,
                  allow_bad_references: bool) -> None:
-        from ..sources import source_for_path
+        from ..bestrefs.sources import source_for_path
 
         self.source = source_for_path(mappings, context)
         self.context = self.source.load_context(context)
@@ -280,7 +280,7 @@ def _print_table(items: list[Item], context: str,
 
 def is_dataset_id(path: Path) -> bool:
     """An INPUT that names no file but looks like a dataset ID (J8IS01J0Q, X:Y)."""
-    from ..datasets import is_valid_id
+    from ..bestrefs.headers import is_valid_id
 
     text = str(path)
     return (not path.exists() and "/" not in text and is_valid_id(text)

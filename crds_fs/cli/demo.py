@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..datasets import dataset_name
+from ..bestrefs.headers import dataset_name
 from ..errors import DemoError
 from . import cli
 

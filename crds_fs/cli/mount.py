@@ -133,9 +133,12 @@ def _child_args(ctx: click.Context, settings: Settings, mountpoint: Path) -> lis
     if settings.observatory is not None:
         args += ["--observatory", settings.observatory]
     for param in ctx.command.params:
-        value = ctx.params.get(param.name or "")
-        if (param.name in _NOT_FORWARDED or not isinstance(param, click.Option)
-                or value is None or value == param.default or value == ()):
+        name = param.name or ""
+        if (name in _NOT_FORWARDED or not isinstance(param, click.Option)
+                or not _given_by_user(ctx, name)):
+            continue
+        value = ctx.params.get(name)
+        if value is None or value == () or (param.is_flag and not value):
             continue
         flag = max(param.opts, key=len)
         if param.is_flag:
@@ -148,11 +151,19 @@ def _child_args(ctx: click.Context, settings: Settings, mountpoint: Path) -> lis
     return ["-v"] * verbose + args
 
 
+def _given_by_user(ctx: click.Context, name: str) -> bool:
+    """True when the user set option *name* (command line or environment), never a default:
+    click's documented parameter source, so a default's representation never matters."""
+    source = ctx.get_parameter_source(name)
+    return source in (click.core.ParameterSource.COMMANDLINE,
+                      click.core.ParameterSource.ENVIRONMENT)
+
+
 def _configure_bestrefs(datasets: Path | None, engine: str | None, poll: float | None) -> None:
     """Hand --datasets/--engine/--poll to the bestrefs/ provider (environment fills gaps)."""
     from dataclasses import replace
 
-    from ..bestrefs_view import ViewOptions
+    from ..bestrefs.registry import ViewOptions
     from ..namespace.bestrefs import configure
 
     options = ViewOptions.from_env()

@@ -2,7 +2,7 @@
 
 Pure: no network, no FUSE, no file I/O (apart from reading its own packaged JWST keyword
 table), no global mutable state.  Mapping text comes from a caller-supplied
-``loader(name) -> str`` (see :mod:`crds_fs.sources`).  Behaviour equals crds 14.0.3's
+``loader(name) -> str`` (see :mod:`crds_fs.bestrefs.sources`).  Behaviour equals crds 14.0.3's
 ``getrecommendations`` / ``hv_best_references``, quirks included (see docs/architecture.md).
 
 Typical use::

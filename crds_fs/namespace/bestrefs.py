@@ -14,7 +14,7 @@ A registered name is a symlink to `bestrefs/.registered/<name>/` (the kernel req
 entry made by symlink(2) to stay a symlink), so `ls bestrefs/x/`, `cd` and `find -L` see
 the same directory as for the other datasets, and `rm bestrefs/x` is a plain unlink.
 
-All decisions live in crds_fs.bestrefs_view; this module only maps paths to it.  A dataset
+All decisions live in crds_fs.bestrefs; this module only maps paths to it.  A dataset
 that cannot be read, or lacks needed keywords, shows a bestrefs.json with the error and no
 symlinks: a failure of one dataset never fails the mount.
 """
@@ -27,7 +27,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ..bestrefs_view import Answer, BestrefsView, Dataset, ViewOptions
+from ..bestrefs.registry import Answer, BestrefsView, Dataset, ViewOptions
 from ..errors import (
     CrdsFsError,
     IsADirError,

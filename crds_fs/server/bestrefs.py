@@ -25,9 +25,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..bestrefs.sources import MappingSource, shared_memo, source_for_path
 from ..engine import Context, mapping_required_parkeys
 from ..errors import CrdsFsError, ServiceError
-from ..sources import MappingSource, shared_memo, source_for_path
 
 #: Most headers accepted by one get_best_references_by_header_map call.
 MAX_HEADERS_PER_CALL = 10_000

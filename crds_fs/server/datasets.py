@@ -4,7 +4,7 @@ The real CRDS server answers `get_dataset_headers_by_id` from the archive's cata
 matching parameters; a local mirror has no archive, but it can have a folder of raw
 datasets.  This module turns such a folder into that catalog: every FITS/ASDF file under
 DIR is one dataset whose ID is its archive-style name (``j8is01j0q_raw.fits`` ->
-``J8IS01J0Q``, see crds_fs.datasets.dataset_id).
+``J8IS01J0Q``, see crds_fs.bestrefs.headers.dataset_id).
 
 Headers are read once (header units only, never data) and kept in a diskcache index keyed
 by path, size and mtime, so a restarted server answers without opening a file and a changed
@@ -30,7 +30,7 @@ from typing import Any
 
 import diskcache
 
-from .. import datasets as ds
+from ..bestrefs import headers as ds
 from ..config import default_cache_dir
 from ..errors import DatasetError, ServiceError
 

@@ -24,10 +24,10 @@ from typing import Any, NamedTuple
 
 import diskcache
 
+from ..bestrefs.sources import read_server_config
 from ..client.names import FileKind, is_safe_basename
 from ..errors import ConfigError
 from ..hashing import sha1_file
-from ..sources import read_server_config
 
 log = logging.getLogger(__name__)
 

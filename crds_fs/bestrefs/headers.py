@@ -31,7 +31,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def with_fits_aliases(needed: frozenset[str], primary: Mapping[str, str]) -> fro
     Without the table, every primary-header keyword is kept for the engine to sort out.
     """
     try:
-        from .engine.observatories import jwst_keyword_table
+        from ..engine.observatories import jwst_keyword_table
 
         table = jwst_keyword_table()
     except (ImportError, OSError, ValueError, KeyError):

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client.names import is_safe_basename, observatory_of
-from .config import OBSERVATORIES
-from .engine import MAX_MAPPING_CHARS, Context
-from .errors import ConfigError, MissingMappingError
+from ..client.names import is_safe_basename, observatory_of
+from ..config import OBSERVATORIES
+from ..engine import MAX_MAPPING_CHARS, Context
+from ..errors import ConfigError, MissingMappingError
 
 Loader = Callable[[str], str]
 
