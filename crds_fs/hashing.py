@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import BinaryIO
 
 
 def _sha1() -> hashlib._Hash:
@@ -22,8 +23,14 @@ def sha1_file(path: str | os.PathLike[str]) -> tuple[int, str]:
     describes the same bytes even if the file is being rewritten.
     """
     with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, _sha1)
-        return handle.tell(), digest.hexdigest()
+        return sha1_stream(handle)
 
 
-__all__ = ["sha1_file"]
+def sha1_stream(handle: BinaryIO) -> tuple[int, str]:
+    """(size, hex SHA-1) of what remains in an open binary file (for files opened safely)."""
+    start = handle.tell()
+    digest = hashlib.file_digest(handle, _sha1)
+    return handle.tell() - start, digest.hexdigest()
+
+
+__all__ = ["sha1_file", "sha1_stream"]

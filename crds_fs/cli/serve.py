@@ -12,6 +12,23 @@ import click
 from ..config import OBSERVATORIES, default_cache_dir
 from ..errors import ConfigError
 from . import cli
+from .mount import LOG_FORMAT
+
+
+def configure_logging(quiet: bool) -> None:
+    """Timestamped lines like the mount log (one line each, control characters escaped);
+    asyncio's per-accept "Too many open files" tracebacks collapsed to one line per 10 s."""
+    from ..server.logs import RateLimitFilter, SafeFormatter
+
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig()
+    formatter = SafeFormatter(LOG_FORMAT)
+    for handler in root.handlers:
+        handler.setFormatter(formatter)
+    logging.getLogger("asyncio").addFilter(RateLimitFilter())
+    if not quiet:
+        logging.getLogger("crds_fs.server").setLevel(logging.INFO)
 
 
 def default_index_dir(root: Path) -> Path:
@@ -45,10 +62,29 @@ def default_index_dir(root: Path) -> Path:
                    "re-hashed; added/removed files are seen at once).")
 @click.option("--max-body", default=16 * 1024 * 1024, show_default=True,
               type=click.IntRange(min=1024), help="Largest JSON-RPC request body, in bytes.")
+@click.option("--max-connections", default=0, show_default=True, type=click.IntRange(min=0),
+              envvar="CRDS_FS_SERVE_MAX_CONNECTIONS",
+              help="Most connections open at once; beyond it the longest-idle connection "
+                   "is closed (or the new one answered 503). 0: half the file descriptors "
+                   "left after 64 (ulimit -n), at most 1000 [env CRDS_FS_SERVE_MAX_CONNECTIONS].")
+@click.option("--header-timeout", default=10.0, show_default=True,
+              type=click.FloatRange(min=0.1), envvar="CRDS_FS_SERVE_HEADER_TIMEOUT",
+              help="Seconds a connection may stay without a request being handled (request "
+                   "head not complete, or idle) before it is closed "
+                   "[env CRDS_FS_SERVE_HEADER_TIMEOUT].")
+@click.option("--body-timeout", default=60.0, show_default=True,
+              type=click.FloatRange(min=0.1), envvar="CRDS_FS_SERVE_BODY_TIMEOUT",
+              help="Seconds a client may take to send a JSON-RPC request body (then 408) "
+                   "[env CRDS_FS_SERVE_BODY_TIMEOUT].")
+@click.option("--send-timeout", default=60.0, show_default=True,
+              type=click.FloatRange(min=0.1), envvar="CRDS_FS_SERVE_SEND_TIMEOUT",
+              help="Seconds a response may wait on a client that reads nothing before the "
+                   "connection is dropped [env CRDS_FS_SERVE_SEND_TIMEOUT].")
 @click.option("-q", "--quiet", is_flag=True, help="Do not log one line per request.")
 def serve(root: Path, host: str, port: int, observatory: str | None, datasets: Path | None,
           index_dir: Path | None, public_url: str | None, rescan_interval: float,
-          max_body: int, quiet: bool) -> None:
+          max_body: int, max_connections: int, header_timeout: float, body_timeout: float,
+          send_timeout: float, quiet: bool) -> None:
     """Serve ROOT (a folder in CRDS cache layout) as a CRDS server.
 
     ROOT holds mappings/<obs>/, references/<obs>/ and optionally config/<obs>/server_config
@@ -57,15 +93,14 @@ def serve(root: Path, host: str, port: int, observatory: str | None, datasets: P
     CRDS_SERVER_URL=http://HOST:PORT/<obs>. Stop with Ctrl-C or SIGTERM.
     """
     import uvicorn
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
 
     from ..server.app import ServerOptions, create_app
+    from ..server.guard import ConnectionGuard, default_max_connections
     from ..server.store import ServedRoot
 
-    logger = logging.getLogger("crds_fs.server")
-    if not quiet:
-        logger.setLevel(logging.INFO)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(format="crds-fs %(levelname)s %(name)s: %(message)s")
+    configure_logging(quiet)
     store = ServedRoot(root, index_dir or default_index_dir(root),
                        rescan_interval=rescan_interval)
     if not store.observatories:
@@ -76,13 +111,19 @@ def serve(root: Path, host: str, port: int, observatory: str | None, datasets: P
         raise ConfigError(f"--observatory {observatory}: {root} only has "
                           f"{', '.join(store.observatories)}")
     options = ServerOptions(observatory=observatory, datasets=datasets, public_url=public_url,
-                            max_body=max_body)
-    app = create_app(store, options)
+                            max_body=max_body, body_timeout=body_timeout)
+    guard = ConnectionGuard(max_connections=max_connections or default_max_connections(),
+                            header_timeout=header_timeout, send_timeout=send_timeout)
+    app = create_app(store, options, guard)
+    # log_config=None: uvicorn's own warnings go through our (timestamped, escaping) handlers.
+    # proxy_headers=False: the guard matches requests to connections by the peer address.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=5,
-                            server_header=False)
+                            log_config=None, lifespan="off", timeout_graceful_shutdown=5,
+                            server_header=False, proxy_headers=False,
+                            http=guard.protocol(import_from_string(HTTP_PROTOCOLS["auto"])))
     click.echo(f"crds-fs serve: {store.root} ({', '.join(store.observatories)}) on "
-               f"http://{host}:{port}/", err=True)
+               f"http://{host}:{port}/ (at most {guard.max_connections} connections)",
+               err=True)
     server = uvicorn.Server(config)
 
     def after_shutdown(signum: int, frame: object) -> None:

@@ -15,12 +15,15 @@ Routes:
 
 JSON-RPC errors are answered with HTTP 200 and an error envelope, because crds' client
 turns any HTTP error status into a message without the server's explanation.  Requests the
-RPC layer cannot even parse get 400 (bad JSON) or 413 (body too large), still with an
-envelope.
+RPC layer cannot even parse get 400 (bad JSON, or nested deeper than `MAX_JSON_DEPTH`),
+408 (body not received within `ServerOptions.body_timeout`) or 413 (body too large), still
+with an envelope.  Request data in log lines is always quoted (repr), and
+`crds_fs.server.logs.SafeFormatter` escapes whatever else reaches a log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -44,6 +47,10 @@ from .store import DIR_KINDS, FileRecord, ServedRoot
 log = logging.getLogger("crds_fs.server")
 
 MAX_BODY = 16 * 1024 * 1024
+#: seconds a client may take to send a JSON-RPC request body
+BODY_TIMEOUT = 60.0
+#: deepest JSON nesting accepted in a request (crds sends at most ~4 levels)
+MAX_JSON_DEPTH = 64
 
 
 @dataclass
@@ -54,19 +61,46 @@ class ServerOptions:
     datasets: Path | None = None
     public_url: str | None = None
     max_body: int = MAX_BODY
+    body_timeout: float = BODY_TIMEOUT
 
 
 class _BodyTooLarge(Exception):
     pass
 
 
-class _BigChunkFileResponse(FileResponse):
+class _TooDeep(ValueError):
+    pass
+
+
+class _CheckedFileResponse(FileResponse):
+    """A download of a file already opened and checked by `ServedRoot.open_file`.
+
+    Starlette opens by path, so it is given /proc/self/fd/N: reopening that is the very
+    file checked (not whatever the name points to by now).  The descriptor is closed when
+    the response ends, however it ends.
+    """
+
     # Starlette reads 64 KiB per thread hop; 1 MiB keeps multi-GB downloads fast.
     chunk_size = 1024 * 1024
 
+    def __init__(self, fd: int, path: str, **kwargs: Any) -> None:
+        proc_path = f"/proc/self/fd/{fd}"
+        super().__init__(proc_path if os.path.exists(proc_path) else path, **kwargs)
+        self.fd = fd
 
-def create_app(store: ServedRoot, options: ServerOptions | None = None) -> ASGIApp:
-    """The complete ASGI application (with one-line-per-request logging)."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self.fd)
+
+
+def create_app(store: ServedRoot, options: ServerOptions | None = None,
+               guard: Any = None) -> ASGIApp:
+    """The complete ASGI application (with one-line-per-request logging).
+
+    *guard*: a `crds_fs.server.guard.ConnectionGuard` to tell when requests are in the app.
+    """
     opts = options or ServerOptions()
     server = _Server(store, opts)
     routes = [
@@ -78,7 +112,8 @@ def create_app(store: ServedRoot, options: ServerOptions | None = None) -> ASGIA
     ]
     app = Starlette(routes=routes, exception_handlers={404: _not_found})
     app.router.redirect_slashes = False  # 'name/' is not a file; say so instead of redirecting
-    return AccessLog(app)
+    logged = AccessLog(app)
+    return guard.middleware(logged) if guard is not None else logged
 
 
 class _Server:
@@ -112,14 +147,24 @@ class _Server:
 
     async def rpc(self, request: Request) -> Response:
         try:
-            raw = await _read_body(request, self.options.max_body)
+            async with asyncio.timeout(self.options.body_timeout):
+                raw = await _read_body(request, self.options.max_body)
         except _BodyTooLarge:
             return _fail(request, None, _error(
                 "RequestTooLarge", 413,
                 f"request body exceeds {self.options.max_body} bytes; send fewer items per "
                 "call"), status=413)
+        except TimeoutError:
+            return _fail(request, None, _error(
+                "RequestTimeout", 408,
+                f"request body not received within {self.options.body_timeout:g} s "
+                "(--body-timeout)"), status=408, headers={"connection": "close"})
         try:
-            body = json.loads(raw)
+            body = _parse_json(raw)
+        except _TooDeep:
+            return _fail(request, None, _error(
+                "ParseError", -32700,
+                f"request JSON is nested deeper than {MAX_JSON_DEPTH} levels"), status=400)
         except (ValueError, UnicodeDecodeError) as exc:
             return _fail(request, None, _error(
                 "ParseError", -32700, f"request body is not valid JSON: {exc}"), status=400)
@@ -162,26 +207,43 @@ class _Server:
             return PlainTextResponse(
                 f"no such folder {kind_dir}/{obs}/ on this server\n", 404)
 
-        def lookup() -> tuple[FileRecord | None, os.stat_result | None]:
+        def lookup() -> tuple[FileRecord, int, os.stat_result] | None:
             self.store.refresh()
-            record = self.store.file(obs, kind, name)
-            if record is None:
-                return None, None
-            try:
-                return record, os.stat(record.path)
-            except OSError:
-                return None, None
+            return self.store.open_file(obs, kind, name)
 
-        record, stat = await run_in_threadpool(lookup)
-        if record is None or stat is None:
+        opened = await run_in_threadpool(lookup)
+        if opened is None:
             return PlainTextResponse(f"no file {kind_dir}/{obs}/{name} on this server\n", 404)
+        record, fd, stat = opened
         headers = {}
         if (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns) and record.sha1:
             headers["etag"] = f'"{record.sha1}"'  # else Starlette's size-mtime tag
             if headers["etag"] in _etags(request.headers.get("if-none-match", "")):
+                os.close(fd)
                 return Response(status_code=304, headers=headers)
-        return _BigChunkFileResponse(record.path, stat_result=stat, headers=headers,
-                                     media_type="application/octet-stream")
+        return _CheckedFileResponse(fd, record.path, stat_result=stat, headers=headers,
+                                    media_type="application/octet-stream")
+
+
+def _parse_json(raw: bytes) -> Any:
+    """json.loads, refusing nesting deeper than MAX_JSON_DEPTH (raises _TooDeep).
+
+    json's own recursion limit turns ~1000 levels into RecursionError; anything deep
+    would also endanger repr() and the handlers, hence the explicit, much lower bound.
+    """
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise _TooDeep from None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise _TooDeep
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return value
 
 
 def _etags(header: str) -> set[str]:
@@ -212,11 +274,11 @@ def _error(name: str, code: int, message: str) -> dict[str, Any]:
 
 
 def _fail(request: Request, request_id: Any, error: dict[str, Any],
-          status: int = 200) -> Response:
+          status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """An error envelope; the access log line shows the message."""
     request.state.rpc_error = error["message"]
     body = {"jsonrpc": "1.0", "id": request_id, "result": None, "error": error}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _loggable_path(scope: Scope) -> str:

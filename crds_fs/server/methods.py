@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from ..client.names import file_kind, is_mapping, observatory_of
 from ..client.payload import crds_encode
 from ..errors import MappingError, ServiceError
 from . import bestrefs
-from .closure import MappingRefs, scan_mapping
+from .closure import MappingRefs, scan_mapping_file
 from .store import ServedRoot
 
 log = logging.getLogger(__name__)
@@ -165,21 +164,25 @@ def resolve_context(env: Env, context: Any) -> tuple[str, str]:
 # --- mapping closures ----------------------------------------------------------------------
 
 
-@lru_cache(maxsize=8192)
-def _scan_cached(path: str, size: int, mtime_ns: int, name: str) -> MappingRefs:
-    with open(path, encoding="utf-8") as handle:
-        return scan_mapping(handle.read(), name)
-
-
 def mapping_refs(store: ServedRoot, obs: str, name: str) -> MappingRefs | None:
     """What mapping *name* names (None when the file is not served)."""
     record = store.file(obs, "mapping", name)
     if record is None:
         return None
     try:
-        return _scan_cached(record.path, record.size, record.mtime_ns, name)
-    except MappingError as exc:
+        return scan_mapping_file(store.read_served_text, record.path, record.size,
+                                 record.mtime_ns, name)
+    except (MappingError, OSError) as exc:
         raise ServiceError(str(exc)) from None
+
+
+def usable_mapping_refs(store: ServedRoot, obs: str, name: str) -> MappingRefs | None:
+    """mapping_refs, or None for a broken mapping (logged by the scanner): one bad rmap
+    must not break file info of every other file."""
+    try:
+        return mapping_refs(store, obs, name)
+    except ServiceError:
+        return None
 
 
 def closure(store: ServedRoot, obs: str, context: str) -> tuple[list[str], set[str]]:
@@ -225,7 +228,7 @@ def reference_owners(store: ServedRoot, obs: str) -> dict[str, tuple[str, str]]:
     for name in store.names(obs, "mapping"):
         if not name.endswith(".rmap"):
             continue
-        refs = mapping_refs(store, obs, name)
+        refs = usable_mapping_refs(store, obs, name)
         if refs is None:
             continue
         instrument = str(refs.header.get("instrument", "")).lower()
@@ -373,7 +376,7 @@ def file_record(env: Env, obs: str, name: str, fields: tuple[str, ...],
 
 def _owner_field(env: Env, obs: str, name: str, field: str) -> str:
     if is_mapping(name):
-        refs = mapping_refs(env.store, obs, name)
+        refs = usable_mapping_refs(env.store, obs, name)
         header = refs.header if refs else {}
         return str(header.get(field, "")).lower()
     owner = reference_owners(env.store, obs).get(name, ("", ""))

@@ -10,12 +10,20 @@ Freshness: every request stats the handful of directories (a new or removed file
 its directory's mtime); every `rescan_interval` seconds all files are re-stat'ed too
 (catching in-place rewrites); a single file is re-stat'ed whenever it is served or asked
 about by name.
+
+Safety: a file is checked when it is opened, not only when it is listed, because the folder
+can change between rescans (a served file replaced by a symlink to /etc/shadow with the
+folder's mtime put back, or by a FIFO).  `ServedRoot.open_served` opens with O_NOFOLLOW and
+O_NONBLOCK (a FIFO never blocks), then checks on the open descriptor that it is a regular
+file inside ROOT; hashing and downloads read only through such descriptors, and nothing
+that can wait on a file runs under the store lock.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat as stat_mod
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +35,7 @@ import diskcache
 from ..bestrefs.sources import read_server_config
 from ..client.names import FileKind, is_safe_basename
 from ..errors import ConfigError
-from ..hashing import sha1_file
+from ..hashing import sha1_stream
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,14 @@ DIR_KINDS: dict[str, FileKind] = {
 KIND_DIRS: dict[FileKind, str] = {kind: name for name, kind in DIR_KINDS.items()}
 #: seconds between "hashing ..." progress lines while a folder is being (re)hashed
 PROGRESS_INTERVAL = 5.0
+#: flags of every open of a served file: never follow a final symlink, never block
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+#: where Linux shows the path an open descriptor really refers to
+_FD_DIR = "/proc/self/fd"
+
+
+class NotServableError(OSError):
+    """A served name no longer refers to a regular file inside ROOT (symlink out, FIFO, ...)."""
 
 
 class FileRecord(NamedTuple):
@@ -165,7 +181,7 @@ class ServedRoot:
         progress = _HashProgress(folder.path, changed, self.progress_interval)
         for name, path, stat in changed:
             try:
-                files[name] = FileRecord(path, stat.st_size, stat.st_mtime_ns, sha1_file(path)[1])
+                files[name] = self._hash_path(path)
             except OSError as exc:
                 log.warning("cannot read %s, not serving it: %s", path, exc)
             progress.advance(stat.st_size)
@@ -176,6 +192,15 @@ class ServedRoot:
             self.generation += 1
             self._store(folder)
             log.info("indexed %s: %d files (%d hashed)", folder.path, len(files), hashed)
+
+    def _hash_path(self, path: str) -> FileRecord:
+        fd = self.open_served(path)
+        try:
+            stat = os.fstat(fd)
+            size, digest = _hash_fd(fd)
+        finally:
+            os.close(fd)
+        return FileRecord(path, size, stat.st_mtime_ns, digest)
 
     def _list_files(
         self, folder: _Folder
@@ -230,35 +255,110 @@ class ServedRoot:
         return None
 
     def file(self, observatory: str, kind: FileKind, name: str) -> FileRecord | None:
-        """Fresh record of one file: re-stat'ed now and re-hashed if it changed."""
+        """Fresh record of one file: re-checked now and re-hashed if it changed."""
+        opened = self.open_file(observatory, kind, name)
+        if opened is None:
+            return None
+        os.close(opened[1])
+        return opened[0]
+
+    def open_file(self, observatory: str, kind: FileKind,
+                  name: str) -> tuple[FileRecord, int, os.stat_result] | None:
+        """(fresh record, open read-only fd, its fstat) of one served file, or None.
+
+        The descriptor is the checked file itself (see `open_served`); the caller closes it.
+        A file whose size or mtime changed is re-hashed through that descriptor, outside
+        the store lock.
+        """
         with self._lock:
             folder = self._folders.get((kind, observatory))
             record = folder.files.get(name) if folder else None
             if folder is None or record is None:
                 return None
-            try:
-                stat = os.stat(record.path)
-            except OSError:
+        try:
+            fd = self.open_served(record.path)
+        except FileNotFoundError:
+            with self._lock:
                 self._rescan(folder)
-                return folder.files.get(name)
-            if (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns):
-                return record
-            try:
-                fresh = FileRecord(record.path, stat.st_size, stat.st_mtime_ns,
-                                   sha1_file(record.path)[1])
-            except OSError:
+                record = folder.files.get(name)
+            if record is None:
                 return None
-            folder.files = {**folder.files, name: fresh}
-            self.generation += 1
-            self._store(folder)
-            return fresh
+            try:
+                fd = self.open_served(record.path)
+            except OSError as exc:
+                log.warning("not serving %s: %s", record.path, exc)
+                return None
+        except OSError as exc:
+            log.warning("not serving %s: %s", record.path, exc)
+            return None
+        try:
+            fresh = self._fresh_record(folder, name, record, fd)
+        except OSError as exc:
+            os.close(fd)
+            log.warning("cannot read %s, not serving it: %s", record.path, exc)
+            return None
+        return fresh, fd, os.fstat(fd)
+
+    def _fresh_record(self, folder: _Folder, name: str, record: FileRecord,
+                      fd: int) -> FileRecord:
+        """*record*, re-hashed from *fd* when the open file's size or mtime differ."""
+        stat = os.fstat(fd)
+        if (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns):
+            return record
+        size, digest = _hash_fd(fd)
+        fresh = FileRecord(record.path, size, stat.st_mtime_ns, digest)
+        with self._lock:
+            if folder.files.get(name) == record:
+                folder.files = {**folder.files, name: fresh}
+                self.generation += 1
+                self._store(folder)
+        return fresh
+
+    def open_served(self, path: str) -> int:
+        """A read-only descriptor of *path*, which must be a regular file inside ROOT.
+
+        Symlinks inside ROOT are followed (mirrors use them), then the target is opened
+        with O_NOFOLLOW|O_NONBLOCK, so a FIFO or device opens at once and is refused by
+        fstat, and a symlink swapped in after the check is refused by the kernel.  The
+        path the descriptor really has (/proc/self/fd) must still be under ROOT.
+        Raises NotServableError (an OSError) for anything else.
+        """
+        real = os.path.realpath(path)
+        if not Path(real).is_relative_to(self.root):
+            raise NotServableError(f"it points outside {self.root}")
+        fd = os.open(real, _OPEN_FLAGS)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat_mod.S_ISREG(mode):
+                raise NotServableError(f"it is not a regular file ({_kind_of(mode)})")
+            try:
+                opened = os.readlink(f"{_FD_DIR}/{fd}")
+            except OSError:
+                opened = real  # no /proc: the realpath check above is what we have
+            if not Path(opened).is_relative_to(self.root):
+                raise NotServableError(f"it is opened as {opened}, outside {self.root}")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def read_text(self, observatory: str, kind: FileKind, name: str) -> str | None:
         record = self.file(observatory, kind, name)
         if record is None:
             return None
-        with open(record.path, encoding="utf-8") as handle:
-            return handle.read()
+        return self.read_served_text(record.path)
+
+    def read_served_text(self, path: str, limit: int | None = None) -> str:
+        """Text of the served file *path* (opened safely, see `open_served`).
+
+        With *limit*, at most limit + 1 bytes are read, so a caller checking the length
+        sees an oversized file without reading it all.  Raises OSError (NotServableError
+        included) or UnicodeDecodeError.
+        """
+        with os.fdopen(self.open_served(path), "rb") as handle:
+            data = handle.read() if limit is None else handle.read(limit + 1)
+        return data.decode("utf-8")
 
     def server_config(self, observatory: str) -> dict[str, Any] | None:
         """ROOT/config/<obs>/server_config parsed as a Python literal (None if absent/bad)."""
@@ -307,6 +407,22 @@ class _HashProgress:
             log.info("hashing %s: %d/%d files, %s/%s (%s/s, about %.0fs left)", self.folder,
                      self.files_done, self.files_total, _gb(self.bytes_done),
                      _gb(self.bytes_total), _gb(rate), left)
+
+
+def _hash_fd(fd: int) -> tuple[int, str]:
+    """(size, sha1) of an open file from its start; *fd* stays open."""
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        handle.seek(0)
+        return sha1_stream(handle)
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in ((stat_mod.S_ISFIFO, "a FIFO"), (stat_mod.S_ISDIR, "a directory"),
+                       (stat_mod.S_ISSOCK, "a socket"), (stat_mod.S_ISCHR, "a device"),
+                       (stat_mod.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return f"mode {mode:o}"
 
 
 def _gb(size: float) -> str:
