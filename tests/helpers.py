@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -28,9 +29,11 @@ def free_port() -> int:
 class ServerProcess:
     """`crds-fs serve ROOT` as a real subprocess on 127.0.0.1, restartable on the same port."""
 
-    def __init__(self, root: Path, *extra: str, port: int | None = None, log_dir: Path) -> None:
+    def __init__(self, root: Path, *extra: str, port: int | None = None, log_dir: Path,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.root = Path(root)
         self.extra = extra
+        self.preexec_fn = preexec_fn  # e.g. resource limits for the server process
         self.port = port or free_port()
         self.log_path = Path(log_dir) / f"serve-{self.port}.log"
         self.proc: subprocess.Popen | None = None
@@ -43,7 +46,8 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "crds_fs.cli", "serve", str(self.root),
                "--host", "127.0.0.1", "--port", str(self.port), *self.extra]
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -31,6 +31,13 @@ def configure_logging(quiet: bool) -> None:
         logging.getLogger("crds_fs.server").setLevel(logging.INFO)
 
 
+def _backlog(max_connections: int) -> int:
+    """Listen backlog, which is also how many connections asyncio accepts in one go before
+    the guard sees any: bounded by the connection limit, so one burst of connections
+    cannot take more descriptors than the limit allows for (uvicorn's default is 2048)."""
+    return max(16, min(2048, max_connections))
+
+
 def default_index_dir(root: Path) -> Path:
     """Per-root index under the user cache dir: ROOT itself may be read-only."""
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
@@ -97,7 +104,13 @@ def serve(root: Path, host: str, port: int, observatory: str | None, datasets: P
     from uvicorn.importer import import_from_string
 
     from ..server.app import ServerOptions, create_app
-    from ..server.guard import ConnectionGuard, default_max_connections
+    from ..server.guard import (
+        MAX_CONNECTIONS_CAP,
+        ConnectionGuard,
+        default_max_connections,
+        descriptors_needed,
+        raise_fd_limit,
+    )
     from ..server.store import ServedRoot
 
     configure_logging(quiet)
@@ -112,6 +125,12 @@ def serve(root: Path, host: str, port: int, observatory: str | None, datasets: P
                           f"{', '.join(store.observatories)}")
     options = ServerOptions(observatory=observatory, datasets=datasets, public_url=public_url,
                             max_body=max_body, body_timeout=body_timeout)
+    fd_limit = raise_fd_limit(descriptors_needed(max_connections or MAX_CONNECTIONS_CAP))
+    if max_connections and descriptors_needed(max_connections) > fd_limit:
+        logging.getLogger("crds_fs.server").warning(
+            "--max-connections %d can need %d file descriptors, more than the limit of %d "
+            "(ulimit -n): connections may be refused when descriptors run out",
+            max_connections, descriptors_needed(max_connections), fd_limit)
     guard = ConnectionGuard(max_connections=max_connections or default_max_connections(),
                             header_timeout=header_timeout, send_timeout=send_timeout)
     app = create_app(store, options, guard)
@@ -120,6 +139,7 @@ def serve(root: Path, host: str, port: int, observatory: str | None, datasets: P
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             log_config=None, lifespan="off", timeout_graceful_shutdown=5,
                             server_header=False, proxy_headers=False,
+                            backlog=_backlog(guard.max_connections),
                             http=guard.protocol(import_from_string(HTTP_PROTOCOLS["auto"])))
     click.echo(f"crds-fs serve: {store.root} ({', '.join(store.observatories)}) on "
                f"http://{host}:{port}/ (at most {guard.max_connections} connections)",

@@ -34,7 +34,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -154,6 +154,9 @@ class _Server:
                 "RequestTooLarge", 413,
                 f"request body exceeds {self.options.max_body} bytes; send fewer items per "
                 "call"), status=413)
+        except ClientDisconnect:  # closed by the client or by the connection guard
+            request.state.rpc_error = "client disconnected before sending the whole request"
+            return Response(status_code=400)
         except TimeoutError:
             return _fail(request, None, _error(
                 "RequestTimeout", 408,

@@ -59,6 +59,25 @@ def default_max_connections() -> int:
     return max(8, min(MAX_CONNECTIONS_CAP, (soft - FD_RESERVE) // 2))
 
 
+def descriptors_needed(max_connections: int) -> int:
+    """Descriptors *max_connections* downloads can use at once (socket + file each)."""
+    return 2 * max_connections + FD_RESERVE
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards *needed* (never above the hard limit, which an
+    unprivileged process may do); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return needed if soft == resource.RLIM_INFINITY else soft
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target
+
+
 @dataclass(eq=False)
 class _Connection:
     transport: asyncio.Transport

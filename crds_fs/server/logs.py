@@ -5,14 +5,15 @@
   (``\\n``), so a client cannot forge a log line; traceback lines are indented, so none of
   them looks like the start of a log line either.
 - `RateLimitFilter`: when the process runs out of file descriptors, asyncio logs a traceback
-  for every failed accept() (thousands per second).  The filter lets one line through per
-  interval, saying how many were suppressed and what to do.
+  for every failed accept() (thousands per second).  The filter lets one line of each kind
+  through per interval, saying how many were suppressed and what to do.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -27,6 +28,7 @@ _TRACE_ESCAPES = {code: text for code, text in _ESCAPES.items() if code != ord("
 
 #: seconds between two "out of file descriptors" lines
 RESOURCE_LOG_INTERVAL = 10.0
+_DIGITS = re.compile(r"0x[0-9a-f]+|\d+")
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -54,10 +56,14 @@ def _indent(text: str) -> str:
 
 
 class RateLimitFilter(logging.Filter):
-    """Collapse "out of file descriptors" records to one line per *interval* seconds.
+    """Let through at most one record of a kind per *interval* seconds; count the rest.
 
-    Installed on the ``asyncio`` logger (whose accept loop logs them).  Other records pass
-    unchanged.  The line that passes loses its traceback and says how many were dropped.
+    Installed on the ``asyncio`` logger, whose records are all "should not happen" events
+    that come in floods when they come: a failed accept() per waiting connection when the
+    process is out of file descriptors, then one "Exception in callback _start_serving" per
+    retry asyncio scheduled.  The kind is the exception type plus the first line of the
+    message without numbers; the record that passes loses its traceback and says how many
+    of its kind were dropped since the last one.
     """
 
     def __init__(self, interval: float = RESOURCE_LOG_INTERVAL,
@@ -65,23 +71,28 @@ class RateLimitFilter(logging.Filter):
         super().__init__()
         self.interval = interval
         self.clock = clock
-        self.suppressed = 0
-        self._last: float | None = None
+        #: kind -> (time the last record of that kind passed, records dropped since)
+        self._kinds: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if not (isinstance(error, OSError) and error.errno in _RESOURCE_ERRNOS):
-            return True
+        first_line = record.getMessage().split("\n", 1)[0]
+        kind = (type(error).__name__, _DIGITS.sub("", first_line)[:80])
         now = self.clock()
-        if self._last is not None and now - self._last < self.interval:
-            self.suppressed += 1
+        last, dropped = self._kinds.get(kind, (None, 0))
+        if last is not None and now - last < self.interval:
+            self._kinds[kind] = (last, dropped + 1)
             return False
-        dropped, self.suppressed, self._last = self.suppressed, 0, now
+        if len(self._kinds) > 100:
+            self._kinds.clear()
+        self._kinds[kind] = (now, 0)
+        advice = ""
+        if isinstance(error, OSError) and error.errno in _RESOURCE_ERRNOS:
+            advice = (". Raise the descriptor limit (ulimit -n) or lower --max-connections")
         record.msg = (
-            f"{record.getMessage().splitlines()[0]}: {error}"
-            + (f" ({dropped} more since the last such line)" if dropped else "")
-            + f"; at most one line per {self.interval:g}s. Raise the descriptor limit "
-            "(ulimit -n) or lower --max-connections"
+            first_line + (f": {type(error).__name__}: {error}" if error else "")
+            + (f" ({dropped} more like it since the last such line)" if dropped else "")
+            + f"; at most one such line per {self.interval:g}s{advice}"
         )
         record.args = None
         record.exc_info = None
