@@ -411,3 +411,56 @@ def test_request_data_cannot_forge_log_lines(start) -> None:
             assert LOG_LINE.match(line) and "FORGED" not in line[:80], line
     for line in lines:
         assert LOG_LINE.match(line) or line.startswith(("crds-fs serve:", "    ")), line
+
+
+# --- the pieces on their own (no server) -----------------------------------------------------
+
+
+def test_scanner_bounds_without_a_server() -> None:
+    from crds_fs.engine import MAX_MAPPING_CHARS
+    from crds_fs.errors import MappingFormatError
+    from crds_fs.server.closure import scan_mapping
+
+    for name, text in BROKEN_MAPPINGS.items():
+        if "\udcff" in text:
+            continue
+        with pytest.raises(MappingFormatError, match=re.escape(name)):
+            scan_mapping(text, name)
+    with pytest.raises(MappingFormatError, match="over the limit"):
+        scan_mapping("header = {}\n#" + "x" * MAX_MAPPING_CHARS, "big.rmap")
+    refs = scan_mapping("header = {'instrument': 'ACS'}\nselector = Match({('A',): 'x.fits'})",
+                        "ok.rmap")
+    assert refs.names == ("x.fits",) and refs.header == {"instrument": "ACS"}
+
+
+def test_log_formatter_and_flood_filter_without_a_server() -> None:
+    import logging
+
+    from crds_fs.server.logs import RateLimitFilter, SafeFormatter
+
+    record = logging.LogRecord("crds_fs.server", logging.INFO, __file__, 1,
+                               "value %r then %s", ("a\nb", "c\nFORGED\r\x1b"), None)
+    line = SafeFormatter("%(levelname)s %(message)s").format(record)
+    assert line == "INFO value 'a\\nb' then c\\nFORGED\\r\\x1b" and "\n" not in line
+
+    now = [0.0]
+    flood = RateLimitFilter(interval=10, clock=lambda: now[0])
+
+    def emfile() -> logging.LogRecord:
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError:
+            import sys
+            return logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
+                                     "socket.accept() out of system resource\nsocket: <fd=7>",
+                                     None, sys.exc_info())
+
+    passed = [r for r in (emfile() for _ in range(1000)) if flood.filter(r)]
+    assert len(passed) == 1 and passed[0].exc_info is None
+    assert "Too many open files" in passed[0].getMessage()
+    other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "something else", None,
+                              None)
+    assert flood.filter(other)  # another kind is not silenced
+    now[0] = 11.0
+    record = emfile()
+    assert flood.filter(record) and "(999 more like it" in record.getMessage()
