@@ -21,6 +21,7 @@ that can wait on a file runs under the store lock.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat as stat_mod
@@ -255,7 +256,24 @@ class ServedRoot:
         return None
 
     def file(self, observatory: str, kind: FileKind, name: str) -> FileRecord | None:
-        """Fresh record of one file: re-checked now and re-hashed if it changed."""
+        """Fresh record of one file: re-checked now and re-hashed if it changed.
+
+        Fast path (file info for thousands of names): an lstat showing the same regular
+        file (not a symlink, same size and mtime) returns the record as is; anything else
+        goes through `open_file`'s checks.  Bytes are only ever read through `open_file`.
+        """
+        with self._lock:
+            folder = self._folders.get((kind, observatory))
+            record = folder.files.get(name) if folder else None
+        if record is None:
+            return None
+        try:
+            seen = os.lstat(record.path)
+        except OSError:
+            seen = None
+        if (seen is not None and stat_mod.S_ISREG(seen.st_mode)
+                and (seen.st_size, seen.st_mtime_ns) == (record.size, record.mtime_ns)):
+            return record
         opened = self.open_file(observatory, kind, name)
         if opened is None:
             return None
@@ -317,24 +335,29 @@ class ServedRoot:
     def open_served(self, path: str) -> int:
         """A read-only descriptor of *path*, which must be a regular file inside ROOT.
 
-        Symlinks inside ROOT are followed (mirrors use them), then the target is opened
-        with O_NOFOLLOW|O_NONBLOCK, so a FIFO or device opens at once and is refused by
-        fstat, and a symlink swapped in after the check is refused by the kernel.  The
-        path the descriptor really has (/proc/self/fd) must still be under ROOT.
+        Opened with O_NOFOLLOW|O_NONBLOCK, so a FIFO or device opens at once (and is refused
+        by fstat) and a symlink is not followed blindly: a symlink is resolved and followed
+        only when its target is inside ROOT (mirrors use them).  Whatever was opened, the
+        path the descriptor really has (/proc/self/fd) must be under ROOT.
         Raises NotServableError (an OSError) for anything else.
         """
-        real = os.path.realpath(path)
-        if not Path(real).is_relative_to(self.root):
-            raise NotServableError(f"it points outside {self.root}")
-        fd = os.open(real, _OPEN_FLAGS)
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            real = os.path.realpath(path)  # a symlink: allowed if its target is inside ROOT
+            if not Path(real).is_relative_to(self.root):
+                raise NotServableError(f"it points outside {self.root}") from None
+            fd = os.open(real, _OPEN_FLAGS)
         try:
             mode = os.fstat(fd).st_mode
             if not stat_mod.S_ISREG(mode):
                 raise NotServableError(f"it is not a regular file ({_kind_of(mode)})")
             try:
                 opened = os.readlink(f"{_FD_DIR}/{fd}")
-            except OSError:
-                opened = real  # no /proc: the realpath check above is what we have
+            except OSError:  # no /proc: fall back to resolving the name
+                opened = os.path.realpath(path)
             if not Path(opened).is_relative_to(self.root):
                 raise NotServableError(f"it is opened as {opened}, outside {self.root}")
             os.set_blocking(fd, True)
