@@ -293,6 +293,23 @@ def test_connection_limit_evicts_idle_connections_for_new_clients(start, many_so
     assert closed_by_server(many_sockets[0], 10)
 
 
+def test_when_every_connection_is_busy_new_ones_get_503(start, many_sockets) -> None:
+    server = start("--max-connections", "3", "--body-timeout", "4")
+    for _ in range(3):  # each inside the app, waiting for the rest of its body
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(HALF_BODY)
+        many_sockets.append(sock)
+    time.sleep(0.5)
+    response = requests.get(server.url + "/", timeout=20)
+    assert response.status_code == 503 and "too many connections" in response.text
+    assert "all 3 connections (--max-connections) have a request in progress" in server.log()
+    assert requests.get(server.url + "/", timeout=20).status_code == 503
+    assert server.log().count("refusing connections (503)") == 1  # rate-limited
+    for sock in many_sockets:  # bounded: the body timeout frees them
+        assert closed_by_server(sock, 20)
+    assert_still_serving(server)
+
+
 def test_client_that_stops_reading_is_dropped(start, tmp_path: Path) -> None:
     def prepare(root: Path) -> None:
         with open(root / "references/hst/big00001j_drk.fits", "wb") as handle:

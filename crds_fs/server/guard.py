@@ -43,6 +43,8 @@ SEND_TIMEOUT = 60.0
 FD_RESERVE = 64
 #: the default connection limit never exceeds this, whatever the descriptor limit
 MAX_CONNECTIONS_CAP = 1000
+#: seconds between two "refusing connections" warnings
+REFUSAL_LOG_INTERVAL = 10.0
 
 _BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -105,6 +107,7 @@ class ConnectionGuard:
     clock: Callable[[], float] = time.monotonic
     _open: dict[tuple[Any, ...], _Connection] = field(default_factory=dict, init=False)
     _sweeper: asyncio.TimerHandle | None = field(default=None, init=False)
+    _refusal_logged: float = field(default=float("-inf"), init=False)
     #: connections closed by each rule since start (shown in the log and in tests)
     closed: dict[str, int] = field(
         default_factory=lambda: {"header_timeout": 0, "send_timeout": 0, "evicted": 0,
@@ -122,8 +125,12 @@ class ConnectionGuard:
         self._ensure_sweeper()
         if len(self._open) >= self.max_connections and not self._evict_one():
             self.closed["refused"] += 1
-            log.warning("refusing a connection: all %d connections (--max-connections) have "
-                        "a request in progress", self.max_connections)
+            if now - self._refusal_logged >= REFUSAL_LOG_INTERVAL:
+                log.warning("refusing connections (503): all %d connections "
+                            "(--max-connections) have a request in progress; %d refused so "
+                            "far (logged at most every %gs)", self.max_connections,
+                            self.closed["refused"], REFUSAL_LOG_INTERVAL)
+                self._refusal_logged = now
             return None
         peer = _peer_key(transport.get_extra_info("peername"))
         conn = _Connection(transport, peer, idle_since=now, send_progress=now)
