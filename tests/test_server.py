@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -327,6 +328,11 @@ def test_request_log_and_clean_sigterm(tmp_path: Path) -> None:
     assert "rpc='nope_method'" in log and "unknown JSON-RPC method" in log
     assert '"GET /unchecked_get/references/hst/aaa00001j_bia.fits" 200 9B' in log
     assert "Traceback" not in log
+    # Timestamped like the mount log: "2026-01-02 03:04:05,678 crds-fs[PID] INFO name: ..."
+    request_lines = [line for line in log.splitlines() if "rpc='nope_method'" in line]
+    assert request_lines and all(
+        re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} crds-fs\[\d+\] INFO crds_fs\.server: ",
+                 line) for line in request_lines), request_lines
 
 
 def test_sigint_and_bad_root(tmp_path: Path) -> None:
