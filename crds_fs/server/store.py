@@ -15,8 +15,9 @@ Safety: a file is checked when it is opened, not only when it is listed, because
 can change between rescans (a served file replaced by a symlink to /etc/shadow with the
 folder's mtime put back, or by a FIFO).  `ServedRoot.open_served` opens with O_NOFOLLOW and
 O_NONBLOCK (a FIFO never blocks), then checks on the open descriptor that it is a regular
-file inside ROOT; hashing and downloads read only through such descriptors, and nothing
-that can wait on a file runs under the store lock.
+file inside ROOT; hashing and downloads read only through such descriptors, so no open
+can block under the store lock.  (A rescan still hashes changed regular files while
+holding it; a single file found changed on request is re-hashed outside it.)
 """
 
 from __future__ import annotations
