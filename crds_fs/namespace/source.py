@@ -309,7 +309,7 @@ class MountSource:
                 "pid": os.getpid(),
                 "observatory": self.env.observatory,
                 "context": self.context,
-                "server": cache.settings.server_url,
+                "server": cache.client.server_url,  # incl. a discovered /<obs>
                 "online": bool(cache.online),
                 "cache_dir": str(cache.settings.cache_dir),
                 "started": datetime.fromtimestamp(self.started, UTC).isoformat(),

@@ -539,8 +539,8 @@ def dispatch(env: Env, method: Any, params: Any) -> Any:
     """Run *method* with *params*; the (possibly encoded) result, or a CrdsFsError."""
     if not isinstance(method, str) or method not in METHODS:
         raise ServiceError(
-            f"unknown JSON-RPC method {method!r}; this server implements: "
-            f"{', '.join(sorted(METHODS))}"
+            f"unknown JSON-RPC method {method!r}; this server answers: "
+            f"{', '.join(sorted(set(METHODS) - set(NOT_OFFERED)))}"
         )
     handler = METHODS[method]
     args, kwargs = _split_params(method, params)
