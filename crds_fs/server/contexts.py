@@ -212,14 +212,16 @@ def parse_date(text: str) -> datetime:
 def context_at(history: list[list[str]], date: datetime, obs: str) -> str:
     """The context whose era (history start date ... next start date) contains *date*."""
     eras = []
-    for entry in history:
+    for position, entry in enumerate(history):
         try:
-            eras.append((parse_date(entry[0]), entry[1]))
+            eras.append((parse_date(entry[0]), -position, entry[1]))
         except (ValueError, IndexError):
             continue
-    eras.sort(key=lambda era: era[0])
+    # ascending by date; entries with the same date keep the history's newest-first order
+    # meaning: the one listed first is the later one
+    eras.sort(key=lambda era: era[:2])
     chosen = None
-    for start, context in eras:
+    for start, _, context in eras:
         if start <= date:
             chosen = context
         else:

@@ -416,7 +416,10 @@ def get_file_info(env: Env, context: str, filename: str) -> dict[str, str]:
 def get_context_history(env: Env, observatory: str) -> list[list[str]]:
     """[start_date, context, description] entries, oldest first (crds sorts them too)."""
     obs = check_observatory(env, observatory)
-    return sorted(obs_facts(env.store, obs).context_history, key=lambda e: str(e[0]))
+    history = obs_facts(env.store, obs).context_history  # newest first
+    # oldest first; entries with the same date: the one listed later is the older one
+    order = sorted(range(len(history)), key=lambda i: (str(history[i][0]), -i))
+    return [history[i] for i in order]
 
 
 def _file_url(env: Env, context: Any, filename: Any, kind: str | None = None) -> str:
