@@ -488,3 +488,59 @@ def test_catalog_state_round_trip() -> None:
     again = Catalog.from_state(catalog.to_state())
     assert again.get("x.fits") == (5, "aa") and again.server_url == "http://s"
     assert again.fetched_at == 12.5 and again.server_info == {"observatory": "hst"}
+
+
+# --- context specs, build context, several observatories ---------------------------------
+
+
+def test_context_by_date_and_build_context(client: CrdsClient) -> None:
+    """The tiny root has no context_history: it is derived from the pmaps' mtimes (both
+    written just now), so any date from tomorrow on is in the newest one's era."""
+    history = client.get_context_history("hst")
+    # oldest first; same mtime: the higher serial number counts as the later context
+    assert [e[1] for e in history] == ["hst_0001.pmap", "hst_0002.pmap"]
+    assert history[0][0] <= history[1][0] and history[0][0][:2] == "20"
+    future = "hst-2999-01-01"
+    assert client.get_context_by_date(future, "hst") == history[-1][1]
+    assert client.get_context_by_date("hst-acs-2999-01-01T00:00:00") == "hst_acs_0001.imap"
+    assert client.get_context_by_date("hst-acs-darkfile-2999-01-01") == (
+        "hst_acs_darkfile_0001.rmap")
+    with pytest.raises(ServiceError, match="context history starts on"):
+        client.get_context_by_date("hst-2001-01-01", "hst")
+    with pytest.raises(ServiceError, match="reference type 'flatfile' has no mapping"):
+        client.get_context_by_date("hst-acs-flatfile-2999-01-01")  # N/A in the imap
+    with pytest.raises(ServiceError, match="not a date-based context spec"):
+        client.get_context_by_date("yesterday", "hst")
+    assert client.get_build_context("hst", "1.0") == "hst_0001.pmap"  # = operational
+    assert client.get_mapping_names(future)[0] == history[-1][1]
+
+
+def multi_observatory_root(base: Path) -> Path:
+    """The tiny HST root plus a one-pmap 'jwst' observatory folder."""
+    root = make_tiny_root(base / "root")
+    (root / "mappings" / "jwst").mkdir(parents=True)
+    (root / "mappings" / "jwst" / "jwst_0001.pmap").write_text(
+        "header = {'mapping': 'PIPELINE', 'name': 'jwst_0001.pmap'}\nselector = {}\n")
+    return root
+
+
+def test_client_finds_the_observatory_prefix(tmp_path: Path) -> None:
+    root = multi_observatory_root(tmp_path)
+    server = ServerProcess(root, "--index", str(tmp_path / "index"), log_dir=tmp_path)
+    server.start()
+    try:
+        with CrdsClient(server.url, observatory="jwst", retries=0) as c:
+            assert c.get_server_info()["observatory"] == "jwst"
+            assert c.server_url == server.url + "/jwst"
+            assert c.get_default_context("jwst") == "jwst_0001.pmap"
+        with CrdsClient(server.url, observatory="hst", retries=0) as c:
+            assert c.get_server_info()["observatory"] == "hst" and c.server_url == server.url
+        with CrdsClient(server.url, retries=0) as c, \
+                diskcache.Cache(str(tmp_path / "cat")) as index:
+            catalog = load_catalog(c, index, "jwst")
+            assert catalog.observatory == "jwst" and catalog.mappings() == ["jwst_0001.pmap"]
+            assert catalog.server_url == server.url + "/jwst"
+            with pytest.raises(ConfigError, match=r"nor does .*/roman"):
+                load_catalog(CrdsClient(server.url, retries=0), index, "roman")
+    finally:
+        server.stop()

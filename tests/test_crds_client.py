@@ -101,3 +101,25 @@ def test_crds_sync_downloads_and_verifies(mirror: ServerProcess, shared_data: Pa
     assert (len(match), mismatch, errors) == (count, [], [])
     config = (cache / "config" / observatory / "server_config").read_text()
     assert f"'observatory': '{observatory}'" in config and mirror.url in config
+
+
+def test_crds_context_by_date_end_to_end(mirror: ServerProcess, shared_data: Path,
+                                         tmp_path: Path) -> None:
+    """CRDS_CONTEXT=hst-2019-09-10T00:00:00 (a date-based context): crds asks our server
+    get_context_by_date, syncs the answer's mappings from it and computes locally."""
+    with open(shared_data / "cases" / "hst_0729.jsonl", encoding="utf-8") as lines:
+        case = json.loads(next(lines))
+    script = (
+        "import json, sys, crds\n"
+        "header = json.loads(sys.argv[1])\n"
+        "print(json.dumps({'context': crds.get_context_name('hst'),\n"
+        "    'refs': crds.getrecommendations(header, observatory='hst')}))\n"
+    )
+    env = crds_env(mirror.url, tmp_path / "cache", "hst")
+    env["CRDS_CONTEXT"] = "hst-2019-09-10T00:00:00"
+    done = run_crds(["-c", script, json.dumps(case["header"])], env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["context"] == "hst_0729.pmap"  # in use from 2019-09-09 16:09:51
+    assert answer["refs"] == case["expected"]
+    assert len(list((tmp_path / "cache" / "mappings" / "hst").iterdir())) == 137

@@ -41,9 +41,17 @@ for number, case in enumerate(cases, 1):
     except Exception as exc:
         got = type(exc).__name__ + ": " + str(exc)
     expected = case.get("expected", case.get("expected_error"))
+    if isinstance(expected, str) and isinstance(got, str):
+        # remote mode: crds wraps the server's error as CrdsLookupError(<its message>)
+        name, _, message = expected.partition(": ")
+        if name in got and message in got:
+            continue
     if got != expected:
         mismatches.append({"case": number, "got": got, "expected": expected})
-parkeys = api.get_required_parkeys(context)
+try:
+    parkeys = api.get_required_parkeys(context)
+except Exception as exc:
+    parkeys = str(exc)
 print(json.dumps({"checked": len(cases), "mismatches": mismatches[:5],
                   "count": len(mismatches), "parkeys": parkeys}))
 """
@@ -73,7 +81,8 @@ def crds_available() -> None:
 
 @pytest.mark.crds
 @pytest.mark.parametrize(("observatory", "context", "limit"), [
-    ("hst", "hst_0729.pmap", 300), ("jwst", "jwst_0541.pmap", 100)])
+    ("hst", "hst_0729.pmap", 300), ("jwst", "jwst_0541.pmap", 100),
+    ("roman", "roman_0006.pmap", 300), ("roman", "roman_0007.pmap", 30)])
 def test_real_crds_client_gets_the_expected_answers(
         crds_available: None, shared_data: Path, serve: Any, tmp_path: Path,
         observatory: str, context: str, limit: int) -> None:
@@ -89,8 +98,13 @@ def test_real_crds_client_gets_the_expected_answers(
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["checked"] == limit
     assert result["count"] == 0, json.dumps(result["mismatches"], indent=1)[:4000]
-    instruments = {"hst": "acs", "jwst": "nirspec"}[observatory]
-    assert result["parkeys"][instruments][0] in ("INSTRUME", "META.INSTRUMENT.NAME")
+    if context == "roman_0007.pmap":  # one rmap's header checksum is wrong: crds refuses it
+        assert "ChecksumError: sha1sum mismatch in 'roman_wfi_epsf_0001.rmap'" in (
+            result["parkeys"])
+        return
+    instrument = {"hst": "acs", "jwst": "nirspec", "roman": "wfi"}[observatory]
+    assert result["parkeys"][instrument][0] in (
+        "INSTRUME", "META.INSTRUMENT.NAME", "ROMAN.META.INSTRUMENT.NAME")
 
 
 def test_batched_and_parkeys_rpcs(shared_data: Path, serve: Any, tmp_path: Path) -> None:

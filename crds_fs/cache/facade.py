@@ -293,7 +293,8 @@ class FileCache:
                 return False
             self._last_probe = now
         probe = CrdsClient(self.settings.server_url, connect_timeout=self.settings.connect_timeout,
-                           read_timeout=self.settings.read_timeout, retries=0)
+                           read_timeout=self.settings.read_timeout, retries=0,
+                           observatory=self.observatory)
         try:
             info = probe.get_server_info()
         except CrdsFsError as exc:
@@ -305,6 +306,7 @@ class FileCache:
             log.warning("CRDS server %s is back but serves %r, not %r; staying offline",
                         self.settings.server_url, info.get("observatory"), self.observatory)
             return False
+        self.client.observatory = self.observatory
         try:
             self.client.get_server_info()  # memoised: the download URLs come from it
         except CrdsFsError:

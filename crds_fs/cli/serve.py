@@ -123,6 +123,10 @@ def serve(root: Path, host: str, port: int, observatory: str | None, datasets: P
     if observatory and observatory not in store.observatories:
         raise ConfigError(f"--observatory {observatory}: {root} only has "
                           f"{', '.join(store.observatories)}")
+    from ..server.methods import obs_facts
+    for obs in store.observatories:  # warns now about contexts named but not present
+        logging.getLogger("crds_fs.server").info("%s: operational context %s", obs,
+                    obs_facts(store, obs).operational_context or "none (no .pmap)")
     options = ServerOptions(observatory=observatory, datasets=datasets, public_url=public_url,
                             max_body=max_body, body_timeout=body_timeout)
     fd_limit = raise_fd_limit(descriptors_needed(max_connections or MAX_CONNECTIONS_CAP))

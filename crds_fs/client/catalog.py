@@ -155,13 +155,14 @@ def parse_file_records(records: Mapping[str, Any]) -> dict[str, tuple[int, str]]
 
 def fetch_catalog(client: CrdsClient, observatory: str) -> Catalog:
     """Build the catalog from the server (server info, then download_metadata or file map)."""
+    client.observatory = client.observatory or observatory  # lets it find <server>/<obs>
     info = client.get_server_info()
     served = info.get("observatory")
     if served != observatory:
         raise ConfigError(
             f"CRDS server {client.server_url} serves observatory {served!r}, not "
-            f"{observatory!r}: point CRDS_SERVER_URL at a {observatory} server or set "
-            "CRDS_OBSERVATORY to match"
+            f"{observatory!r} (nor does {client.server_url}/{observatory}): point "
+            f"CRDS_SERVER_URL at a {observatory} server or set CRDS_OBSERVATORY to match"
         )
     records = decode_download_metadata(info)
     if records is None:

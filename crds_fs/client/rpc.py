@@ -60,8 +60,12 @@ class CrdsClient:
         retries: int = 3,
         backoff: float = 0.5,
         pool_size: int = 16,
+        observatory: str | None = None,
     ) -> None:
+        """*observatory*: the one wanted; when the server answers for another, its
+        ``/<observatory>`` prefix is tried once (see `get_server_info`)."""
         self.server_url = server_url.rstrip("/")
+        self.observatory = observatory
         self.timeout = (float(connect_timeout), float(read_timeout))
         self.retries = max(0, int(retries))
         self.backoff = max(0.0, float(backoff))
@@ -84,6 +88,7 @@ class CrdsClient:
             read_timeout=settings.read_timeout,
             retries=settings.retries,
             backoff=settings.backoff,
+            observatory=settings.effective_observatory,
         )
 
     def close(self) -> None:
@@ -105,6 +110,9 @@ class CrdsClient:
     def rpc_url(self) -> str:
         """Where JSON-RPC envelopes are POSTed (the form the CRDS user guide documents)."""
         return self.server_url + "/json/"
+
+    def _rpc_url(self, base: str | None) -> str:
+        return (base or self.server_url) + "/json/"
 
     def _with_retries(self, what: str, attempt: Callable[[], T]) -> T:
         """Run *attempt* until it succeeds or the retry budget is spent.
@@ -128,10 +136,10 @@ class CrdsClient:
             "(CRDS_SERVER_URL), or work offline from the cache."
         )
 
-    def _post_once(self, method: str, body: bytes) -> requests.Response:
+    def _post_once(self, method: str, body: bytes, url: str) -> requests.Response:
         try:
             response = self.session.post(
-                self.rpc_url, data=body, timeout=self.timeout,
+                url, data=body, timeout=self.timeout,
                 headers={"Content-Type": "application/json"},
             )
         except requests.Timeout as exc:
@@ -140,7 +148,7 @@ class CrdsClient:
             raise _Retryable(f"connection failed ({_describe(exc)})") from None
         except requests.RequestException as exc:
             raise ProtocolError(
-                f"JSON-RPC '{method}' to {self.rpc_url} failed: {_describe(exc)}"
+                f"JSON-RPC '{method}' to {url} failed: {_describe(exc)}"
             ) from None
         if response.status_code in _RETRY_STATUSES and not _has_error_envelope(response):
             raise _Retryable(f"HTTP {response.status_code} {response.reason}")
@@ -153,22 +161,28 @@ class CrdsClient:
         ServerUnreachableError when all attempts failed, ProtocolError for answers that are
         not CRDS JSON-RPC.
         """
+        return self._call_at(None, method, *params)
+
+    def _call_at(self, base: str | None, method: str, *params: Any) -> Any:
+        """`call` against server URL *base* (None: this client's)."""
         request_id = f"{self._id_prefix}-{next(self._ids):08x}"
         envelope = {"jsonrpc": "1.0", "method": method, "params": list(params), "id": request_id}
         body = json.dumps(envelope).encode("utf-8")
-        what = f"JSON-RPC '{method}' to {self.rpc_url}"
-        response = self._with_retries(what, lambda: self._post_once(method, body))
-        return self._parse_response(method, response)
+        url = self._rpc_url(base)
+        what = f"JSON-RPC '{method}' to {url}"
+        response = self._with_retries(what, lambda: self._post_once(method, body, url))
+        return self._parse_response(method, response, base or self.server_url)
 
-    def _parse_response(self, method: str, response: requests.Response) -> Any:
-        where = f"CRDS server {self.server_url}"
+    def _parse_response(self, method: str, response: requests.Response,
+                        server_url: str | None = None) -> Any:
+        where = f"CRDS server {server_url or self.server_url}"
         try:
             answer = response.json()
         except ValueError:
             raise ProtocolError(
                 f"{where} answered JSON-RPC '{method}' with HTTP {response.status_code} and a "
-                f"body that is not JSON ({response.text[:200]!r}); is {self.rpc_url} a CRDS "
-                "JSON-RPC endpoint?"
+                f"body that is not JSON ({response.text[:200]!r}); is "
+                f"{self._rpc_url(server_url)} a CRDS JSON-RPC endpoint?"
             ) from None
         if not isinstance(answer, dict) or ("error" not in answer and "result" not in answer):
             raise ProtocolError(
@@ -192,14 +206,36 @@ class CrdsClient:
 
         `download_metadata` is left as the server sent it (usually crds_encoded, 2 MB for
         HST); decode it with `download_metadata()` only when needed.
+
+        When this client wants an observatory (``observatory=``) and the server answers for
+        another one, the server may serve several (`crds-fs serve` answers for each at
+        ``/<obs>/``): ``<server>/<observatory>`` is asked once and, when it answers for the
+        wanted observatory, becomes this client's server URL.
         """
-        info = self.call("get_server_info")
+        info = self._server_info_at(None)
+        wanted = self.observatory
+        if wanted and info.get("observatory") != wanted:
+            candidate = f"{self.server_url}/{wanted}"
+            try:
+                other = self._server_info_at(candidate)
+            except (ServiceError, ProtocolError, ServerUnreachableError) as exc:
+                log.debug("no %s server at %s: %s", wanted, candidate, exc)
+            else:
+                if other.get("observatory") == wanted:
+                    log.info("CRDS server %s answers for %r; using %s for %s",
+                             self.server_url, info.get("observatory"), candidate, wanted)
+                    self.server_url = candidate
+                    info = other
+        self._server_info = info
+        return info
+
+    def _server_info_at(self, base: str | None) -> dict[str, Any]:
+        info = self._call_at(base, "get_server_info")
         if not isinstance(info, dict):
             raise ProtocolError(
-                f"CRDS server {self.server_url} returned {type(info).__name__} for "
+                f"CRDS server {base or self.server_url} returned {type(info).__name__} for "
                 "get_server_info, expected an object"
             )
-        self._server_info = info
         return info
 
     @property
@@ -257,6 +293,13 @@ class CrdsClient:
 
     def get_context_history(self, observatory: str) -> list[list[str]]:
         return self.call("get_context_history", observatory)
+
+    def get_context_by_date(self, date_spec: str, observatory: str | None = None) -> str:
+        """The mapping a date-based spec names, e.g. 'hst-2016-01-01' (server side)."""
+        return self.call("get_context_by_date", date_spec, observatory)
+
+    def get_build_context(self, observatory: str, cal_version: str | None = None) -> str:
+        return self.call("get_build_context", observatory, cal_version)
 
     def get_best_references(
         self, context: str, header: dict[str, Any], reftypes: list[str] | None = None

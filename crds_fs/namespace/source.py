@@ -309,7 +309,7 @@ class MountSource:
                 "pid": os.getpid(),
                 "observatory": self.env.observatory,
                 "context": self.context,
-                "server": cache.settings.server_url,
+                "server": cache.client.server_url,  # incl. a discovered /<obs>
                 "online": bool(cache.online),
                 "cache_dir": str(cache.settings.cache_dir),
                 "started": datetime.fromtimestamp(self.started, UTC).isoformat(),
@@ -331,7 +331,14 @@ class MountSource:
 def resolve_context(cache: FileCache, context: str | None) -> str:
     """The mount's context: the one named (checked against the catalog) or the operational."""
     if context in (None, "", "operational", "latest"):
-        return cache.operational_context()
+        name = cache.operational_context()
+        if cache.catalog.get(name) is None:
+            raise ConfigError(
+                f"the operational context {name} of {cache.settings.server_url} is not in its "
+                f"{cache.observatory} catalog, so its mappings cannot be read: fix the "
+                "server (its server_config names rules it does not serve) or mount with "
+                "--context NAME")
+        return name
     name = str(context)
     if not name.endswith(".pmap") and name + ".pmap" in cache.catalog:
         name += ".pmap"

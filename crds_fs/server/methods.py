@@ -17,12 +17,9 @@ import fnmatch
 import importlib
 import inspect
 import logging
-import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +27,10 @@ from .. import __version__
 from ..client.names import file_kind, is_mapping, observatory_of
 from ..client.payload import crds_encode
 from ..errors import MappingError, ServiceError
-from . import bestrefs
+from . import bestrefs, contexts
 from .closure import MappingRefs, scan_mapping_file
-from .store import ServedRoot
+from .contexts import ObsFacts
+from .store import KIND_DIRS, ServedRoot
 
 log = logging.getLogger(__name__)
 
@@ -74,58 +72,12 @@ def rpc(name: str) -> Callable[[Handler], Handler]:
 # --- observatory-level facts ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ObsFacts:
-    """Per-observatory server state, from server_config when present, else from files."""
-
-    operational_context: str
-    edit_context: str
-    versions_context: str
-    bad_files: frozenset[str]
-    context_history: list[list[str]]
-    last_synced: str
-
-
-_PMAP_SERIAL = re.compile(r"_(\d+)\.pmap$")
-
-
-def _newest_pmap(names: list[str]) -> str:
-    numbered = [(int(m.group(1)), n) for n in names if (m := _PMAP_SERIAL.search(n))]
-    if numbered:
-        return max(numbered)[1]
-    pmaps = [n for n in names if n.endswith(".pmap")]
-    return pmaps[-1] if pmaps else ""
-
-
 def obs_facts(store: ServedRoot, obs: str) -> ObsFacts:
-    """Contexts, bad files and history for *obs* (server_config wins over defaults)."""
-    config = store.server_config(obs) or {}
-    mappings = store.files(obs, "mapping")
-    operational = str(config.get("operational_context") or _newest_pmap(sorted(mappings)))
-    history = config.get("context_history")
-    if not isinstance(history, list):
-        history = [
-            [_stamp(mappings[name].mtime_ns / 1e9), name, "served by crds-fs"]
-            for name in sorted(mappings, key=lambda n: mappings[n].mtime_ns, reverse=True)
-            if name.endswith(".pmap")
-        ]
-    bad_files = config.get("bad_files_list") or ()
-    if not isinstance(bad_files, (list, tuple)):
-        log.warning("server_config of %s: bad_files_list is not a list; ignored", obs)
-        bad_files = ()
-    return ObsFacts(
-        operational_context=operational,
-        edit_context=str(config.get("edit_context") or operational),
-        versions_context=str(config.get("versions_context") or ""),
-        bad_files=frozenset(str(name) for name in bad_files),
-        context_history=[list(entry) for entry in history
-                         if isinstance(entry, (list, tuple)) and len(entry) >= 2],
-        last_synced=str(config.get("last_synced") or _stamp(time.time())),
-    )
-
-
-def _stamp(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S.%f")
+    """Contexts, bad files and history for *obs* (see crds_fs.server.contexts)."""
+    def header_of(name: str) -> dict[str, Any]:
+        refs = mapping_refs(store, obs, name)
+        return refs.header if refs else {}
+    return contexts.obs_facts(store, obs, header_of)
 
 
 def check_observatory(env: Env, observatory: Any) -> str:
@@ -139,19 +91,17 @@ def check_observatory(env: Env, observatory: Any) -> str:
 
 
 def resolve_context(env: Env, context: Any) -> tuple[str, str]:
-    """(observatory, mapping name) of *context*, resolving '<obs>-operational' etc."""
+    """(observatory, mapping name) of *context*: a mapping name, or a symbolic or
+    date-based spec ('hst-operational', 'hst-2016-01-01', 'jwst-miri-flat-edit', ...)."""
     if not isinstance(context, str) or not context:
         raise ServiceError(f"context must be a mapping name, got {context!r}")
-    symbolic = re.fullmatch(r"([a-z]+)-(operational|latest|edit|versions)", context)
-    if symbolic:
-        obs = check_observatory(env, symbolic.group(1))
-        facts = obs_facts(env.store, obs)
-        state = symbolic.group(2)
-        name = {"edit": facts.edit_context, "versions": facts.versions_context}.get(
-            state, facts.operational_context)
-        return obs, name
     if not is_mapping(context):
-        raise ServiceError(f"'{context}' is not a context name (.pmap, .imap or .rmap)")
+        spec = contexts.parse_spec(context, env.observatory)
+        if spec is None:
+            raise ServiceError(
+                f"'{context}' is not a context name (.pmap, .imap or .rmap) nor a date-based "
+                "spec such as hst-2016-01-01 or hst-operational")
+        return resolve_spec(env, spec)
     obs = observatory_of(context)
     if obs in env.store.observatories:
         return obs, context
@@ -159,6 +109,22 @@ def resolve_context(env: Env, context: Any) -> tuple[str, str]:
         if context in env.store.files(candidate, "mapping"):
             return candidate, context
     raise ServiceError(f"mapping '{context}' is not on this server")
+
+
+def resolve_spec(env: Env, spec: contexts.ContextSpec) -> tuple[str, str]:
+    """The mapping a parsed spec designates: a state's context, or the one in use on the
+    spec's date (context history), narrowed to the instrument's imap / the type's rmap."""
+    obs = check_observatory(env, spec.observatory)
+    facts = obs_facts(env.store, obs)
+    if spec.state is not None:
+        pmap = {"edit": facts.edit_context, "versions": facts.versions_context,
+                "build": facts.build_context}.get(spec.state, facts.operational_context)
+        if not pmap:
+            raise ServiceError(f"this server has no {obs} {spec.state} context")
+    else:
+        assert spec.date is not None
+        pmap = contexts.context_at(facts.context_history, spec.date, obs)
+    return obs, contexts.qualify(env.store, obs, pmap, spec.instrument, spec.filekind)
 
 
 # --- mapping closures ----------------------------------------------------------------------
@@ -282,6 +248,7 @@ def get_server_info(env: Env) -> dict[str, Any]:
         "operational_context": facts.operational_context,
         "edit_context": facts.edit_context,
         "versions_context": facts.versions_context,
+        "build_context": facts.build_context,
         "bad_files_list": sorted(facts.bad_files),
         "mappings": env.store.names(obs, "mapping"),
         "context_history": facts.context_history,
@@ -301,13 +268,44 @@ def get_server_info(env: Env) -> dict[str, Any]:
 def get_default_context(env: Env, observatory: str, state: str | None = None) -> str:
     obs = check_observatory(env, observatory)
     facts = obs_facts(env.store, obs)
-    if state in (None, "latest", "operational", "build"):
+    if state in (None, "latest", "operational"):
         return facts.operational_context
+    if state == "build":
+        return facts.build_context
     if state == "edit":
         return facts.edit_context
     if state == "versions":
         return facts.versions_context
-    raise ServiceError(f"unknown context state {state!r}; use latest, operational or edit")
+    raise ServiceError(f"unknown context state {state!r}; use latest, operational, build, "
+                       "edit or versions")
+
+
+@rpc("get_build_context")
+def get_build_context(env: Env, observatory: str, cal_version: str | None = None) -> str:
+    """The context calibration software *cal_version* was built against.
+
+    A folder holds no version table: the answer is server_config's build_context when
+    present, else the operational context, for any version (see docs/protocol.md).
+    """
+    if cal_version is not None and not isinstance(cal_version, str):
+        raise ServiceError(f"cal_version must be a version string, got {cal_version!r}")
+    obs = check_observatory(env, observatory)
+    return obs_facts(env.store, obs).build_context
+
+
+@rpc("get_context_by_date")
+def get_context_by_date(env: Env, date: str, observatory: str | None = None) -> str:
+    """The mapping a date-based (or symbolic) spec designates, from the context history."""
+    if not isinstance(date, str) or not date:
+        raise ServiceError(f"date must be a date-based context spec, got {date!r}")
+    if observatory is not None:
+        check_observatory(env, observatory)
+    spec = contexts.parse_spec(date, observatory or env.observatory)
+    if spec is None:
+        raise ServiceError(
+            f"{date!r} is not a date-based context spec: use [<obs>[-<instrument>"
+            "[-<reftype>]]-]YYYY-MM-DD[THH:MM:SS], e.g. hst-2016-01-01")
+    return resolve_spec(env, spec)[1]
 
 
 @rpc("get_mapping_names")
@@ -419,8 +417,72 @@ def get_file_info(env: Env, context: str, filename: str) -> dict[str, str]:
 
 @rpc("get_context_history")
 def get_context_history(env: Env, observatory: str) -> list[list[str]]:
+    """[start_date, context, description] entries, oldest first (crds sorts them too)."""
     obs = check_observatory(env, observatory)
-    return sorted(obs_facts(env.store, obs).context_history, key=lambda e: str(e[0]))
+    history = obs_facts(env.store, obs).context_history  # newest first
+    # oldest first; entries with the same date: the one listed later is the older one
+    order = sorted(range(len(history)), key=lambda i: (str(history[i][0]), -i))
+    return [history[i] for i in order]
+
+
+def _file_url(env: Env, context: Any, filename: Any, kind: str | None = None) -> str:
+    obs, _ = resolve_context(env, context)
+    if not isinstance(filename, str):
+        raise ServiceError(f"filename must be a file name, got {filename!r}")
+    found = env.store.find(obs, filename)
+    if found is None or (kind is not None and found[0] != kind):
+        raise ServiceError(f"{kind or 'file'} {filename!r} is not on this server "
+                           f"(observatory {obs})")
+    return f"{env.base_url}/unchecked_get/{KIND_DIRS[found[0]]}/{obs}/{filename}"
+
+
+@rpc("get_url")
+def get_url(env: Env, context: str, filename: str) -> str:
+    """Deprecated in crds (get_flex_uri replaces it) but answerable: the download URL."""
+    return _file_url(env, context, filename)
+
+
+@rpc("get_mapping_url")
+def get_mapping_url(env: Env, context: str, mapping: str) -> str:
+    return _file_url(env, context, mapping, "mapping")
+
+
+@rpc("get_reference_url")
+def get_reference_url(env: Env, context: str, reference: str) -> str:
+    return _file_url(env, context, reference, "reference")
+
+
+#: crds.client.api calls a mirror cannot answer from its folder, and why (docs/protocol.md).
+NOT_OFFERED = {
+    "get_remote_context": "it reports what a pipeline pushed to the server; nothing is "
+                          "pushed to a mirror",
+    "push_remote_context": "a mirror is read-only; nothing can be pushed to it",
+    "get_sqlite_db": "the CRDS catalog database is not part of a cache-layout folder",
+    "get_system_versions": "calibration software version records are not part of a "
+                           "cache-layout folder",
+    "get_affected_datasets": "reprocessing records are not part of a cache-layout folder",
+    "get_aui_best_references": "it needs the archive's dataset database",
+    "jpoll_pull_messages": "there are no submission jobs on a mirror",
+    "jpoll_abort": "there are no submission jobs on a mirror",
+}
+
+
+def _not_offered(method: str, why: str) -> Handler:
+    def handler(env: Env, *params: Any) -> Any:
+        raise NotOfferedError(
+            f"'{method}' is not offered by this server (crds-fs serve, a mirror of a "
+            f"folder): {why}. Ask the observatory's CRDS server for it.")
+    handler.__name__ = method
+    handler.variadic = True  # type: ignore[attr-defined]
+    return handler
+
+
+class NotOfferedError(ServiceError):
+    """A real CRDS method that a mirror cannot answer (the envelope's name says so)."""
+
+
+for _name, _why in NOT_OFFERED.items():
+    METHODS[_name] = _not_offered(_name, _why)
 
 
 # --- delegated methods ---------------------------------------------------------------------
@@ -483,8 +545,8 @@ def dispatch(env: Env, method: Any, params: Any) -> Any:
     """Run *method* with *params*; the (possibly encoded) result, or a CrdsFsError."""
     if not isinstance(method, str) or method not in METHODS:
         raise ServiceError(
-            f"unknown JSON-RPC method {method!r}; this server implements: "
-            f"{', '.join(sorted(METHODS))}"
+            f"unknown JSON-RPC method {method!r}; this server answers: "
+            f"{', '.join(sorted(set(METHODS) - set(NOT_OFFERED)))}"
         )
     handler = METHODS[method]
     args, kwargs = _split_params(method, params)

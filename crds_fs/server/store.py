@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import diskcache
 
 from ..bestrefs.sources import read_server_config
-from ..client.names import FileKind, is_safe_basename
+from ..client.names import FileKind, file_kind, is_safe_basename
 from ..errors import ConfigError
 from ..hashing import sha1_stream
 
@@ -106,6 +106,7 @@ class ServedRoot:
         self._top_signature: tuple[int, ...] = ()
         self._last_full = 0.0
         self._configs: dict[str, tuple[tuple[int, int], dict[str, Any] | None]] = {}
+        self._misplaced: set[tuple[Path, str]] = set()
         #: incremented whenever any served file appears, disappears or changes
         self.generation = 0
         started = time.monotonic()
@@ -212,7 +213,7 @@ class ServedRoot:
         found: dict[str, tuple[str, str, os.stat_result]] = {}
         subdirs = []
         for entry in _scandir(folder.path):
-            if not is_safe_basename(entry.name):
+            if not is_safe_basename(entry.name) or not self._fits_folder(folder, entry.name):
                 continue
             if entry.is_symlink() and not self._inside(entry.path):
                 log.warning("not serving %s: it points outside %s", entry.path, self.root)
@@ -227,9 +228,26 @@ class ServedRoot:
         for sub in sorted(subdirs):
             for entry in _scandir(sub):
                 if (is_safe_basename(entry.name) and entry.name not in found
+                        and self._fits_folder(folder, entry.name)
                         and not entry.is_symlink() and entry.is_file()):
                     found[entry.name] = (entry.name, entry.path, entry.stat())
         return list(found.values()), subdirs
+
+    def _fits_folder(self, folder: _Folder, name: str) -> bool:
+        """True when *name*'s kind (crds decides it from the name) is its folder's kind.
+
+        Clients build a file's URL from its name (a .rmap from mapping_url, anything else
+        from reference_url), so a file in the wrong folder would be listed but 404: it is
+        skipped, with one warning per file.
+        """
+        if folder.kind == "config" or file_kind(name) == folder.kind:
+            return True
+        if (folder.path, name) not in self._misplaced:
+            self._misplaced.add((folder.path, name))
+            log.warning("not serving %s/%s: a %s file does not belong in %s/ (crds would "
+                        "look for it under %s/); move it there", folder.path, name,
+                        file_kind(name), KIND_DIRS[folder.kind], KIND_DIRS[file_kind(name)])
+        return False
 
     def _store(self, folder: _Folder) -> None:
         state = {name: tuple(record) for name, record in folder.files.items()}
