@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pprint
 import time
 from collections.abc import Callable, Sequence
@@ -95,7 +96,7 @@ class CatalogProvider(ObservatoryDirProvider):
         super().__init__(env)
         self.kind = kind
         self.name = kind + "s"
-        self._verified: dict[str, tuple[float, bytes]] = {}
+        self._verified: dict[str, tuple[tuple[int, ...], float, bytes]] = {}
 
     def names(self) -> Sequence[str]:
         catalog = self.env.cache.catalog
@@ -158,17 +159,27 @@ class CatalogProvider(ObservatoryDirProvider):
         raise missing_xattr(self.path(parts), name)
 
     def _verify(self, file: str) -> bytes:
-        """`user.crds.verify`: re-hash the cached copy now (memoised briefly, see above)."""
+        """`user.crds.verify`: re-hash the cached copy now.
+
+        The kernel asks twice (size, then value); the answer is memoised for a few seconds
+        per state of the cached file (inode, size, mtime, ctime), so both calls agree and
+        any change to the file (a repair, a write, even with its times restored) asks anew.
+        """
+        cache = self.env.cache
+        try:
+            st = os.stat(cache.local_path(file))
+            state: tuple[int, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except OSError:
+            state = ()
         now = time.monotonic()
         memo = self._verified.get(file)
-        if memo is not None and now - memo[0] < VERIFY_MEMO_SECONDS:
-            return memo[1]
-        cache = self.env.cache
+        if memo is not None and memo[0] == state and now - memo[1] < VERIFY_MEMO_SECONDS:
+            return memo[2]
         answer = cache.verify(file, cancelled=self.env.interrupted,
                               deadline=open_deadline(cache)).encode()
         self._verified = {k: v for k, v in self._verified.items()
-                          if now - v[0] < VERIFY_MEMO_SECONDS}
-        self._verified[file] = (now, answer)
+                          if now - v[1] < VERIFY_MEMO_SECONDS}
+        self._verified[file] = (state, now, answer)
         return answer
 
     def listxattr(self, parts: Parts) -> list[str]:
