@@ -418,6 +418,9 @@ class Fetcher:
                 self._count("failures", 1)
                 log.error("%s", exc)
                 raise
+            except (OSError, sqlite3.Error) as exc:  # trimming failed: try the download anyway
+                log.warning("could not make room for %s in the cache %s: %s", name,
+                            self.store.root, exc)
         download.started(url)
         part, fd = self._open_part(name)
         try:
@@ -427,16 +430,21 @@ class Fetcher:
             final = self.store.commit(part, fd, name)
         except BaseException as exc:
             self.store.discard(part)
-            if isinstance(exc, OSError) and is_disk_full(exc):
-                exc = self._full(name, exc)
-            if isinstance(exc, DownloadCancelled):
-                log.info("%s", exc)
+            error: BaseException = exc
+            if isinstance(exc, requests.RequestException):  # (an OSError too) not ours
+                error = DownloadError(f"download of '{name}' from {url} failed: {exc}")
+            elif isinstance(exc, OSError):  # writing the temp file or committing it failed
+                error = (self._full(name, exc) if is_disk_full(exc) else DownloadError(
+                    f"cannot store '{name}' in the cache {self.store.root}: {exc}; nothing "
+                    "was kept. Check that disk"))
+            if isinstance(error, DownloadCancelled):
+                log.info("%s", error)
             else:
                 self._count("failures", 1)
-                if isinstance(exc, CrdsFsError):
-                    log.error("%s", exc)
-            if isinstance(exc, CacheFullError):
-                raise exc from None
+                if isinstance(error, CrdsFsError):
+                    log.error("%s", error)
+            if error is not exc:
+                raise error from None
             raise
         finally:
             os.close(fd)
