@@ -61,7 +61,8 @@ def test_download_fault_is_eio_logged_and_retried_later(
         path.read_bytes()
     assert info.value.errno == errno.EIO
     lines = [line for line in mount.log().splitlines() if name in line and "ERROR" in line]
-    assert lines, mount.log()
+    assert len(lines) == 1, mount.log()  # one clear line per failure (defect 12)
+    assert lines[0].count("download of") == 1 and demo_proxy.url in lines[0], lines[0]
     assert any(word in lines[-1].lower() for word in reasons), lines[-1]
     # nothing corrupt or partial is presented as cached
     assert os.getxattr(path, "user.crds.cached") == b"no"
@@ -69,6 +70,19 @@ def test_download_fault_is_eio_logged_and_retried_later(
     demo_proxy.clear_fault()
     assert path.read_bytes() == (refs(demo_root) / name).read_bytes()
     assert os.getxattr(path, "user.crds.cached") == b"yes"
+
+
+def test_bytes_corrupted_once_are_fetched_again(
+        mounter: Mounter, demo_proxy, demo_root: Path) -> None:
+    """Defect 12: a sha1 mismatch is retried while retries are left."""
+    name = "hst_wfc3_bpixtab_9702.fits"
+    mount = mounter(demo_proxy.url, "--retries", "1")
+    demo_proxy.set_fault("corrupt", path_contains=name, times=1)
+    path = refs(mount.mountpoint) / name
+    assert path.read_bytes() == (refs(demo_root) / name).read_bytes()
+    assert demo_proxy.count("GET", name) == 2
+    assert os.getxattr(path, "user.crds.cached") == b"yes"
+    assert "ERROR" not in mount.log()
 
 
 def test_daemon_killed_mid_download_remounts_with_a_consistent_cache(
