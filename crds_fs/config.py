@@ -52,6 +52,47 @@ def _env_bool(name: str, default: bool = False) -> bool:
     return value.strip().lower() in ("1", "t", "true", "yes", "on")
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int, *, what: str = "size") -> int:
+    """Bytes from '150k', '50G', '2.5M' or a plain number (K/M/G/T are powers of 1024;
+    a trailing 'B' or 'iB' is allowed).  Raises ConfigError naming *what*."""
+    if isinstance(text, int):
+        return text
+    value = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    number = value[: len(value) - len(unit)].strip()
+    try:
+        size = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not a size (use e.g. 500M, 50G, or bytes)") from None
+    if size < 0:
+        raise ConfigError(f"{what} {text!r} must not be negative")
+    return int(size)
+
+
+def parse_min_free(text: str, disk_bytes: int, *, what: str = "CRDS_FS_CACHE_MIN_FREE") -> int:
+    """The free-space floor in bytes: '5%' of *disk_bytes*, or a size ('2G', 0 = none)."""
+    value = str(text).strip()
+    if value.endswith("%"):
+        try:
+            percent = float(value[:-1])
+        except ValueError:
+            raise ConfigError(f"{what} {text!r} is not a percentage (e.g. 5%)") from None
+        if not 0 <= percent < 100:
+            raise ConfigError(f"{what} {text!r} must be between 0% and 100%")
+        return int(disk_bytes * percent / 100)
+    return parse_size(value, what=what)
+
+
+def _env_size(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return parse_size(value, what=f"environment variable {name}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the layers need to know about where and how to talk and store."""
@@ -66,8 +107,12 @@ class Settings:
     backoff: float = 0.5
     allow_bad_references: bool = False
     allow_bad_rules: bool = False
-    #: upper bound of cached reference bytes (LRU eviction); 0 = unlimited
+    #: upper bound of the cache's bytes (LRU eviction of references); 0 = unlimited
     cache_max_bytes: int = 0
+    #: free space kept on the cache's disk: "5%" of the disk or a size ("2G"); "0" = none
+    cache_min_free: str = "5%"
+    #: longest an open() through the mount waits for a download, in seconds; 0 = no limit
+    open_deadline: float = 60.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -89,8 +134,12 @@ class Settings:
             retries=int(_env_float("CRDS_FS_RETRIES", 3)),
             allow_bad_references=_env_bool("CRDS_ALLOW_BAD_REFERENCES"),
             allow_bad_rules=_env_bool("CRDS_ALLOW_BAD_RULES"),
-            cache_max_bytes=int(_env_float("CRDS_FS_CACHE_MAX_BYTES", 0)),
+            cache_max_bytes=_env_size("CRDS_FS_CACHE_MAX_SIZE",
+                                      _env_size("CRDS_FS_CACHE_MAX_BYTES", 0)),
+            cache_min_free=os.environ.get("CRDS_FS_CACHE_MIN_FREE", "").strip() or "5%",
+            open_deadline=_env_float("CRDS_FS_OPEN_DEADLINE", 60.0),
         )
+        parse_min_free(settings.cache_min_free, 0)  # fail early on a malformed value
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "server_url" in clean:
             clean["server_url"] = str(clean["server_url"]).rstrip("/")

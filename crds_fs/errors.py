@@ -56,6 +56,28 @@ class VerificationError(DownloadError):
     """Downloaded bytes do not match the catalog's size or sha1; nothing was kept."""
 
 
+class DownloadCancelled(DownloadError):
+    """A download stopped because every reader waiting for it was interrupted."""
+
+
+class CacheFullError(CrdsFsError):
+    """The cache's disk is full (ENOSPC), or storing a file would cross its free-space floor."""
+
+    errno = errno.ENOSPC
+
+
+class OpenTimeoutError(CrdsFsError):
+    """Opening a file took longer than the open deadline (CRDS_FS_OPEN_DEADLINE)."""
+
+    errno = errno.ETIMEDOUT
+
+
+class OpenInterruptedError(CrdsFsError):
+    """The process opening a file was interrupted by a signal while waiting for its download."""
+
+    errno = errno.EINTR
+
+
 class OfflineError(CrdsFsError):
     """A file is needed that is not cached and the server is not reachable."""
 

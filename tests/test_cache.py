@@ -312,7 +312,6 @@ def test_lru_eviction_keeps_pinned_and_mappings(
 ) -> None:
     limit = len(contents[BIG]) + len(contents[MID]) // 2
     with FileCache.open(settings, max_bytes=limit) as cache:
-        cache.evict_grace = 0.0
         cache.ensure(MAPPING)
         cache.ensure(SMALL_REFS[0])
         reader = cache.open_reader(SMALL_REFS[2])  # pinned while open

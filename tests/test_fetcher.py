@@ -79,12 +79,56 @@ def test_fault_fails_cleanly_then_recovers(
         assert tmp_leftovers(cache.store.root) == []
 
 
-def test_corrupt_is_not_retried(settings: Settings, proxy: FaultProxy) -> None:
-    with FileCache.open(settings) as cache:
+def test_sha1_mismatch_is_retried_while_retries_are_left(
+    settings: Settings, proxy: FaultProxy, contents: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 12: bytes corrupted once on the way are fetched again, not an error."""
+    with FileCache.open(settings) as cache, \
+            caplog.at_level(logging.WARNING, logger="crds_fs.cache"):
+        proxy.set_fault("corrupt", path_contains=MID, times=1)
+        assert cache.ensure(MID).read_bytes() == contents[MID]
+        assert cache.is_cached(MID)
+    assert proxy.count("GET", MID) == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("sha1" in r.getMessage() and "again" in r.getMessage() for r in caplog.records)
+
+
+def test_persistent_sha1_mismatch_fails_with_one_clear_message(
+    settings: Settings, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 12: after the retries, one error line naming file, server and cause."""
+    with FileCache.open(settings) as cache, \
+            caplog.at_level(logging.WARNING, logger="crds_fs.cache"):
         proxy.set_fault("corrupt", path_contains=MID)
-        with pytest.raises(VerificationError):
+        with pytest.raises(VerificationError) as info:
             cache.ensure(MID)
-    assert proxy.count("GET", MID) == 1
+        assert_nothing_kept(cache, MID)
+    assert proxy.count("GET", MID) == settings.retries + 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    for text in (errors[0], str(info.value)):
+        assert text.count("download of") == 1 and text.count("failed") == 1, text
+        assert MID in text and proxy.url in text and "sha1" in text
+
+
+def test_unreachable_server_error_says_download_failed_once(
+    served: tuple, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 12: the client's and the fetcher's wording are not stacked up."""
+    with FaultProxy(served[0].url) as private:
+        settings = cache_settings(private.url, tmp_path / "cache")
+        cache = FileCache.open(settings)
+    try:
+        with caplog.at_level(logging.ERROR, logger="crds_fs.cache"), \
+                pytest.raises(DownloadError) as info:
+            cache.ensure(MID)
+    finally:
+        cache.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    for text in (errors[0], str(info.value)):
+        assert text.count("download of") == 1, text
+        assert MID in text and settings.server_url in text and "connection" in text
 
 
 def test_transient_5xx_is_retried_by_the_client(

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,8 @@ def test_download_fault_is_eio_logged_and_retried_later(
         path.read_bytes()
     assert info.value.errno == errno.EIO
     lines = [line for line in mount.log().splitlines() if name in line and "ERROR" in line]
-    assert lines, mount.log()
+    assert len(lines) == 1, mount.log()  # one clear line per failure (defect 12)
+    assert lines[0].count("download of") == 1 and demo_proxy.url in lines[0], lines[0]
     assert any(word in lines[-1].lower() for word in reasons), lines[-1]
     # nothing corrupt or partial is presented as cached
     assert os.getxattr(path, "user.crds.cached") == b"no"
@@ -68,6 +70,19 @@ def test_download_fault_is_eio_logged_and_retried_later(
     demo_proxy.clear_fault()
     assert path.read_bytes() == (refs(demo_root) / name).read_bytes()
     assert os.getxattr(path, "user.crds.cached") == b"yes"
+
+
+def test_bytes_corrupted_once_are_fetched_again(
+        mounter: Mounter, demo_proxy, demo_root: Path) -> None:
+    """Defect 12: a sha1 mismatch is retried while retries are left."""
+    name = "hst_wfc3_bpixtab_9702.fits"
+    mount = mounter(demo_proxy.url, "--retries", "1")
+    demo_proxy.set_fault("corrupt", path_contains=name, times=1)
+    path = refs(mount.mountpoint) / name
+    assert path.read_bytes() == (refs(demo_root) / name).read_bytes()
+    assert demo_proxy.count("GET", name) == 2
+    assert os.getxattr(path, "user.crds.cached") == b"yes"
+    assert "ERROR" not in mount.log()
 
 
 def test_daemon_killed_mid_download_remounts_with_a_consistent_cache(
@@ -158,3 +173,52 @@ def test_many_readers_of_one_uncached_file_share_one_download(
     assert digests == [expected] * 32
     assert outputs == [expected] * 4
     assert demo_proxy.count("GET", name) == 1
+
+
+# --- defect 8: a reader stuck in open() of a stalled download ------------------------------
+
+STALLED = "hst_acs_pfltfile_9202.fits"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_reader_killed_in_open_of_a_stalled_download_exits_at_once(
+        sig: int, mounter: Mounter, demo_proxy, demo_root: Path) -> None:
+    # long socket timeouts: only the FUSE interrupt can free the reader quickly
+    mount = mounter(demo_proxy.url, "--read-timeout", "60", "--retries", "3")
+    demo_proxy.set_fault("slow_body", path_contains=STALLED)  # half the body, then nothing
+    reader = subprocess.Popen(["cat", str(refs(mount.mountpoint) / STALLED)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: demo_proxy.count("GET", STALLED) == 1, 30)
+        time.sleep(0.5)
+        assert reader.poll() is None  # stuck in open(), as the download is
+        killed = time.monotonic()
+        os.kill(reader.pid, sig)
+        reader.wait(15)  # not 60 s x 4 attempts
+        assert time.monotonic() - killed < 10
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait(10)
+    assert wait_until(lambda: "interrupted" in mount.log(), 10), mount.log()
+    # the mount answers other paths meanwhile
+    name = "hst_acs_bpixtab_9301.fits"
+    assert (refs(mount.mountpoint) / name).read_bytes() == (refs(demo_root) / name).read_bytes()
+
+
+def test_open_of_a_stalled_download_ends_at_the_open_deadline(
+        mounter: Mounter, demo_proxy, demo_root: Path) -> None:
+    mount = mounter(demo_proxy.url, "--read-timeout", "8", "--retries", "3",
+                    env={"CRDS_FS_OPEN_DEADLINE": "2"})
+    demo_proxy.set_fault("slow_body", path_contains=STALLED, times=1)
+    path = refs(mount.mountpoint) / STALLED
+    started = time.monotonic()
+    with pytest.raises(OSError) as info:
+        path.read_bytes()
+    assert time.monotonic() - started < 7  # the deadline, before any socket timeout
+    assert info.value.errno == errno.ETIMEDOUT
+    lines = [line for line in mount.log().splitlines() if "ERROR" in line and STALLED in line]
+    assert lines and "deadline" in lines[-1] and "CRDS_FS_OPEN_DEADLINE" in lines[-1], lines
+    # the download went on: once the stall times out it resumes, and a later open gets it
+    assert wait_until(lambda: os.getxattr(path, "user.crds.cached") == b"yes", 60)
+    assert path.read_bytes() == (refs(demo_root) / STALLED).read_bytes()

@@ -10,31 +10,38 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..client.catalog import Catalog, load_catalog
 from ..client.rpc import CrdsClient
-from ..config import Settings
+from ..config import Settings, parse_min_free
 from ..errors import (
+    CacheFullError,
     ConfigError,
     CrdsFsError,
+    DownloadError,
     OfflineError,
     ProtocolError,
     ServerUnreachableError,
 )
+from ..hashing import sha1_file
 from .fetcher import Fetcher
 from .index import CacheIndex, open_db
-from .store import FileStore
+from .store import FileStore, file_stamp
 
 log = logging.getLogger("crds_fs.cache")
 
 #: last_used is written at most this often per file (it is an LRU hint, not an audit log).
 USE_RECORD_INTERVAL = 60.0
-#: Files used this recently are never evicted (a caller may be about to open them).
-EVICT_GRACE = 30.0
+#: Hysteresis: once over its limit (or under its free-space floor) the cache evicts down to
+#: this fraction of the limit (or up to floor / this fraction free), so that it does not
+#: evict one file per insert.
+LOW_WATER = 0.9
 #: A cache that found the server unreachable at open probes it again at most this often.
 RECONNECT_INTERVAL = 30.0
 
@@ -42,16 +49,17 @@ RECONNECT_INTERVAL = 30.0
 class Reader:
     """An open, complete, verified cached file; reads are positional (thread-safe).
 
-    Keeping a Reader open pins the file: eviction skips it.  Later this is where reads can
-    be served from a download still in progress.
+    Keeping a Reader open pins the file: eviction skips it, in this process (a pin count)
+    and in every other process sharing the cache (a shared flock on the descriptor, which
+    `FileStore.remove_unused` respects).  Made by `FileCache.open_reader`.
     """
 
-    def __init__(self, cache: FileCache, name: str, path: Path) -> None:
+    def __init__(self, cache: FileCache, name: str, path: Path, fd: int) -> None:
         self.name = name
         self.path = path
         self._cache = cache
-        self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self.size = os.fstat(self._fd).st_size
+        self._fd: int | None = fd
+        self.size = os.fstat(fd).st_size
 
     def fileno(self) -> int:
         if self._fd is None:
@@ -108,14 +116,15 @@ class FileCache:
             client=client, catalog=catalog, store=store, index=index, settings=settings,
             online=online, offline_reason=offline_reason, on_commit=self._after_commit,
             reconnect=self._reconnect if may_reconnect and not online else None,
+            make_room=self.make_room,
         )
         self._lock = threading.Lock()
+        self._evict_lock = threading.Lock()
         self._pins: dict[str, int] = {}
         self._last_use: dict[str, float] = {}
         self._evictions = 0
         self._closed = False
-        #: seconds a just-used file is safe from eviction (tests set 0)
-        self.evict_grace = EVICT_GRACE
+        self._over_warned = 0.0
         #: seconds between probes of an unreachable server (tests set 0)
         self.reconnect_interval = RECONNECT_INTERVAL
         self._last_probe = time.monotonic()
@@ -159,9 +168,14 @@ class FileCache:
             db.close()
             raise
         limit = max_bytes if max_bytes is not None else settings.cache_max_bytes
-        return cls(settings=settings, catalog=catalog, client=client, index=index, store=store,
-                   online=online, offline_reason=reason, max_bytes=limit,
-                   may_reconnect=not offline)
+        cache = cls(settings=settings, catalog=catalog, client=client, index=index,
+                    store=store, online=online, offline_reason=reason, max_bytes=limit,
+                    may_reconnect=not offline)
+        try:  # a cache left over its limit (or the disk filled up meanwhile) is trimmed now
+            cache.trim()
+        except (OSError, sqlite3.Error) as exc:
+            log.error("could not trim the cache %s to its limits at startup: %s", root, exc)
+        return cache
 
     def close(self) -> None:
         """Release the HTTP pool and the index (idempotent)."""
@@ -205,46 +219,177 @@ class FileCache:
         return self.store.final_path(name)
 
     def is_cached(self, name: str) -> bool:
-        """True when the index records a good copy of *name* (no disk scan, no network)."""
+        """True when the index records a good copy of *name* and the file on disk is still
+        the one verified (size and stamp, one stat; no hashing, no network).  A file
+        changed on disk since counts as not cached: its next open re-verifies it."""
         entry = self.index.get(name)
         if entry is None:
             return False
         info = self.catalog.get(name)
-        return info is not None and entry.size == info.size and (
-            not info.sha1 or entry.sha1 == info.sha1)
+        if info is None or entry.size != info.size or (info.sha1 and entry.sha1 != info.sha1):
+            return False
+        try:
+            st = os.stat(self.local_path(name))
+        except OSError:
+            return False
+        return st.st_size == info.size and (not entry.stamp or entry.stamp == file_stamp(st))
 
     def cached_path(self, name: str) -> Path | None:
         """The final path of *name* if the index says it is cached, else None."""
         return self.local_path(name) if self.is_cached(name) else None
 
-    def ensure(self, name: str) -> Path:
+    def ensure(self, name: str, *, cancelled: Callable[[], bool] | None = None,
+               deadline: float | None = None) -> Path:
         """Path of the verified file *name*, downloaded once if needed (blocks).
 
         Raises UnknownFileError (not in the catalog; no network used), OfflineError (not
-        cached and no server), DownloadError / VerificationError (naming file, URL, reason).
+        cached and no server), DownloadError / VerificationError (naming file, URL, reason),
+        CacheFullError (disk full), and with *deadline* (time.monotonic()) / *cancelled*
+        OpenTimeoutError / OpenInterruptedError (the download goes on for other waiters).
         """
-        path = self.fetcher.ensure(name)
+        path = self.fetcher.ensure(name, cancelled=cancelled, deadline=deadline)
         self.record_use(name)
         return path
 
-    def open_reader(self, name: str) -> Reader:
-        """Ensure *name*, then open it for positional reads; pinned until closed."""
+    def open_reader(self, name: str, *, cancelled: Callable[[], bool] | None = None,
+                    deadline: float | None = None) -> Reader:
+        """Ensure *name*, check the file on disk, open it for reads; pinned until closed.
+
+        The check is a stat on every open (size, and the stamp recorded when it was
+        verified); a file whose stamp changed is hashed again, and a file of the wrong size
+        or sha1 is removed from the cache and fetched again.
+        """
         self._pin(name)
         try:
-            return Reader(self, name, self.ensure(name))
+            for _attempt in range(3):
+                path = self.ensure(name, cancelled=cancelled, deadline=deadline)
+                fd = self._open_checked(name, path)
+                if fd is not None:
+                    return Reader(self, name, path, fd)
+            raise DownloadError(f"'{name}' kept changing in the cache {self.store.root} while "
+                                "it was being opened (another program writes there?)")
         except BaseException:
             self._unpin(name)
             raise
 
+    def _open_checked(self, name: str, path: Path) -> int | None:
+        """A locked descriptor of the verified file at *path*, or None when it has to be
+        fetched again (gone, replaced, or failing its check: then it is removed)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            self._forget(name)
+            return None
+        try:
+            self.store.lock_shared(fd)
+            st = os.fstat(fd)
+            try:
+                same = os.stat(path).st_ino == st.st_ino
+            except FileNotFoundError:
+                same = False
+            if same and self._still_good(name, path, st):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
+
+    def _still_good(self, name: str, path: Path, st: os.stat_result) -> bool:
+        """Size always; sha1 when the file is not the one recorded as verified."""
+        info = self.fetcher.info(name)
+        if st.st_size != info.size:
+            log.warning("cached %s at %s has %d bytes but the catalog says %d (truncated or "
+                        "replaced): removing it and fetching it again", name, path,
+                        st.st_size, info.size)
+            self._discard(name)
+            return False
+        entry = self.index.get(name)
+        stamp = file_stamp(st)
+        if entry is not None and entry.stamp == stamp:
+            return True
+        size, sha1 = sha1_file(path)
+        if size == info.size and (not info.sha1 or sha1 == info.sha1):
+            try:
+                if entry is None:
+                    self.index.add(name, size, sha1, stamp=stamp)
+                else:
+                    self.index.set_stamp(name, stamp)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("could not record the re-verified %s in the cache index %s: %s",
+                            name, self.index.directory, exc)
+            return True
+        log.warning("cached %s at %s is corrupt (sha1 %s, the catalog says %s; it changed on "
+                    "disk after it was verified): removing it and fetching it again", name, path,
+                    sha1, info.sha1)
+        self._discard(name)
+        return False
+
+    def verify(self, name: str, *, cancelled: Callable[[], bool] | None = None,
+               deadline: float | None = None) -> str:
+        """Re-hash the cached *name* against the catalog (on demand: it reads the file).
+
+        Returns "ok <sha1>", "not cached", or, for a bad copy (removed, then fetched
+        again), "repaired <sha1>" / "removed: <why the refetch failed>".
+        """
+        info = self.fetcher.info(name)
+        path = self.local_path(name)
+        if self.index.get(name) is None and not path.exists():
+            return "not cached"
+        try:
+            size, sha1 = sha1_file(path)
+        except FileNotFoundError:
+            self._forget(name)
+            return "not cached"
+        if size == info.size and (not info.sha1 or sha1 == info.sha1):
+            try:
+                stamp = file_stamp(os.stat(path))
+                if self.index.get(name) is None:
+                    self.index.add(name, size, sha1, stamp=stamp)
+                else:
+                    self.index.set_stamp(name, stamp)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("could not record the verified %s in %s: %s", name,
+                            self.index.directory, exc)
+            return f"ok {sha1}"
+        log.warning("verification of cached %s at %s failed (%d bytes, sha1 %s; the catalog "
+                    "says %d bytes, sha1 %s): removing it and fetching it again", name, path,
+                    size, sha1, info.size, info.sha1)
+        self._discard(name)
+        try:
+            fresh = self.ensure(name, cancelled=cancelled, deadline=deadline)
+        except CrdsFsError as exc:
+            return f"removed: {exc}"
+        return f"repaired {sha1_file(fresh)[1]}"
+
+    def _discard(self, name: str) -> None:
+        """Remove a bad copy from disk and index (it is fetched again on its next use)."""
+        self.store.remove(name)
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        try:
+            self.index.remove(name)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("could not remove %s from the cache index %s: %s", name,
+                        self.index.directory, exc)
+
     def record_use(self, name: str) -> None:
-        """Note that *name* was used (LRU clock); writes the index at most once a minute."""
+        """Note that *name* was used (LRU clock); writes the index at most once a minute.
+
+        A failure to write (disk full) is logged, never raised: it only ages the LRU hint.
+        """
         now = time.time()
         with self._lock:
             last = self._last_use.get(name, 0.0)
             if now - last < USE_RECORD_INTERVAL:
                 return
             self._last_use[name] = now
-        self.index.touch(name, now)
+        try:
+            self.index.touch(name, now)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("could not record the use of %s in the cache index %s: %s", name,
+                        self.index.directory, exc)
 
     def cached_names(self) -> set[str]:
         """Names the index records as cached (this observatory)."""
@@ -256,6 +401,10 @@ class FileCache:
         fetched = self.fetcher.snapshot()
         with self._lock:
             pinned = sum(1 for n in self._pins.values() if n > 0)
+        try:
+            free, disk = self.store.disk_space()
+        except OSError:
+            free = disk = 0
         return {
             "cache_dir": str(self.store.root),
             "observatory": self.observatory,
@@ -267,6 +416,8 @@ class FileCache:
             "cached_files": count,
             "cached_bytes": size,
             "max_bytes": self.max_bytes or 0,
+            "min_free_bytes": self.min_free_bytes(disk),
+            "disk_free_bytes": free,
             "downloads_done": fetched["downloads"],
             "downloads_failed": fetched["failures"],
             "bytes_downloaded": fetched["bytes"],
@@ -329,52 +480,119 @@ class FileCache:
             left = self._pins.get(name, 0) - 1
             if left > 0:
                 self._pins[name] = left
-            else:
-                self._pins.pop(name, None)
+                return
+            self._pins.pop(name, None)
+        if self.max_bytes and not self._closed:
+            # a file that was kept over the limit only because it was open goes now
+            try:
+                if self.index.totals()[1] > self.max_bytes:
+                    self.trim()
+            except (OSError, sqlite3.Error) as exc:
+                log.error("could not trim the cache %s after closing %s: %s",
+                          self.store.root, name, exc)
+
+    def pinned(self) -> set[str]:
+        """Names open through a Reader of this process."""
+        with self._lock:
+            return {n for n, c in self._pins.items() if c > 0}
+
+    def min_free_bytes(self, disk_bytes: int | None = None) -> int:
+        """The free-space floor of the cache's disk, in bytes (CRDS_FS_CACHE_MIN_FREE)."""
+        if disk_bytes is None:
+            disk_bytes = self.store.disk_space()[1]
+        return parse_min_free(self.settings.cache_min_free, disk_bytes)
 
     def _after_commit(self, name: str, size: int) -> None:
         with self._lock:
             self._last_use[name] = time.time()
-        if self.max_bytes:
-            self.evict(keep=name)
+        self.trim(keep=name)
 
-    def evict(self, keep: str | None = None) -> int:
-        """Delete least recently used references until the cache fits max_bytes.
+    def make_room(self, name: str, size: int) -> None:
+        """Before a download of *size* bytes: evict so the disk keeps its free-space floor
+        afterwards; CacheFullError when even that is not enough (floor 0: no check)."""
+        free, disk = self.store.disk_space()
+        floor = self.min_free_bytes(disk)
+        if not floor or free - size >= floor:
+            return
+        self.trim(need=size)
+        free, disk = self.store.disk_space()
+        if free - size >= floor:
+            return
+        raise CacheFullError(
+            f"cannot store '{name}' ({size} bytes) in the cache {self.store.root}: its disk "
+            f"has {free} bytes free and the cache keeps at least {floor} bytes free "
+            f"(CRDS_FS_CACHE_MIN_FREE={self.settings.cache_min_free}); every file that could "
+            "be evicted was (open files are kept). Free space on that disk, lower "
+            "CRDS_FS_CACHE_MIN_FREE, or point CRDS_FS_CACHE at a bigger disk")
 
-        Never evicted: mappings and config files (small, needed for every lookup), files
-        open through a Reader, files used in the last `evict_grace` seconds, *keep*.  Returns
-        the number of files removed.
+    def trim(self, *, need: int = 0, keep: str | None = None) -> int:
+        """Evict least recently used references until the cache is within its limits.
+
+        Two limits, each with hysteresis (LOW_WATER): the size limit (`max_bytes`: once
+        crossed, evict down to 90% of it) and the free-space floor of the cache's disk
+        (below it, or below it once *need* more bytes are written: evict until the floor
+        plus 10% and *need* are free).  Never evicted: mappings and config files (small,
+        needed for every lookup, offline too), files open through a Reader here or in
+        another process (pin / flock), *keep* (just committed).  A file larger than the
+        whole limit is kept only while it is open: it does not count against the limit
+        while protected, and it is the first to go once closed.  Returns files removed.
         """
-        if not self.max_bytes:
-            return 0
+        with self._evict_lock:
+            return self._trim(need, keep)
+
+    def _trim(self, need: int, keep: str | None) -> int:
         _count, total = self.index.totals()
-        if total <= self.max_bytes:
+        free, disk = self.store.disk_space()
+        floor = self.min_free_bytes(disk)
+        limit = self.max_bytes or 0
+        if (not limit or total <= limit) and (not floor or free - need >= floor):
             return 0
-        now = time.time()
-        with self._lock:
-            protected = {n for n, c in self._pins.items() if c > 0}
-            protected |= {n for n, t in self._last_use.items() if now - t < self.evict_grace}
+        protected = self.pinned()
         if keep:
             protected.add(keep)
+        entries = self.index.entries()
+        oversize_open = sum(e.size for n, e in entries.items()
+                            if n in protected and limit and e.size > limit)
+        counted = total - oversize_open
+        to_remove = 0
+        if limit and counted > limit:
+            to_remove = counted - int(limit * LOW_WATER)
+        if floor and free - need < floor:
+            to_remove = max(to_remove, int(floor / LOW_WATER) + need - free)
+        if to_remove <= 0:
+            return 0
+        # files that can never fit go first, then least recently used
         candidates = sorted(
-            ((entry.last_used, name, entry.size) for name, entry in self.index.entries().items()
+            ((not (limit and entry.size > limit), entry.last_used, name, entry.size)
+             for name, entry in entries.items()
              if name not in protected and self.catalog.kind(name) == "reference"),
         )
-        removed = 0
-        for _used, name, size in candidates:
-            if total <= self.max_bytes:
+        removed = freed = 0
+        for _fits, _used, name, size in candidates:
+            if freed >= to_remove:
                 break
-            self.store.remove(name)
-            if self.index.remove(name) is not None:
-                total -= size
+            outcome = self.store.remove_unused(name)
+            if outcome is False:
+                continue  # open in another process
+            self._forget(name)
+            freed += size
             removed += 1
-            log.info("evicted %s (%d bytes) to keep the cache under %d bytes", name, size,
-                     self.max_bytes)
-        if total > self.max_bytes:
-            log.warning("cache %s holds %d bytes, over its limit of %d, but every remaining "
-                        "file is in use or recent", self.store.root, total, self.max_bytes)
+            log.info("evicted %s (%d bytes) from the cache %s (limit %s, free-space floor %d "
+                     "bytes)", name, size, self.store.root, limit or "none", floor)
         self._evictions += removed
+        if freed < to_remove:
+            now = time.monotonic()
+            if now - self._over_warned > 60:
+                self._over_warned = now
+                log.warning("the cache %s could free only %d of the %d bytes its limits ask "
+                            "for (limit %s bytes, free-space floor %d bytes): every remaining "
+                            "reference is open, and mappings are never evicted",
+                            self.store.root, freed, to_remove, limit or "none", floor)
         return removed
+
+    def evict(self, keep: str | None = None) -> int:
+        """Trim to the limits now (the name older callers use)."""
+        return self.trim(keep=keep)
 
 
 def _load(

@@ -9,9 +9,17 @@ Single flight at two levels:
 
 Every wait is bounded.  The transfer itself is bounded by the client's connect/read timeouts
 and retry budget (connection errors and 5xx when opening; a body that breaks off is resumed
-with a byte range, or restarted, a few times).  A process waiting for another one's download
-gives up when the temp file stops growing for longer than the downloader could legitimately
-stall.
+with a byte range, or restarted; a body whose sha1 is wrong is fetched again, while retries
+are left).  A process waiting for another one's download gives up when the temp file stops
+growing for longer than the downloader could legitimately stall.
+
+The transfer runs in a background thread of its own; every caller, the first included,
+only waits for it.  So a waiter can leave at any moment without stopping the others: at
+its deadline (`OpenTimeoutError`, the download goes on and a later open finds it done or
+joins it) or when `cancelled()` says its reader was interrupted (`OpenInterruptedError`;
+when no waiter is left the download is cancelled, since nobody wants it any more).  The
+FUSE glue passes libfuse's `fuse_interrupted()` as `cancelled`, so a reader killed in
+open() returns at once instead of sitting in D state until the server gives up.
 
 Hooks for later issues (not used yet):
 
@@ -24,10 +32,12 @@ Hooks for later issues (not used yet):
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -40,9 +50,13 @@ from ..client.catalog import Catalog, FileInfo
 from ..client.rpc import CrdsClient, iter_chunks
 from ..config import Settings
 from ..errors import (
+    CacheFullError,
     CrdsFsError,
+    DownloadCancelled,
     DownloadError,
     OfflineError,
+    OpenInterruptedError,
+    OpenTimeoutError,
     ProtocolError,
     ServerUnreachableError,
     UnknownFileError,
@@ -50,7 +64,7 @@ from ..errors import (
 )
 from ..hashing import sha1_file
 from .index import CacheIndex
-from .store import FileStore, NameLock
+from .store import FileStore, NameLock, file_stamp
 
 log = logging.getLogger("crds_fs.cache")
 
@@ -65,6 +79,17 @@ _QUEUE_CHUNKS = 16
 _THREAD_MIN_SIZE = 2 * _CHUNK
 #: Start the disk writeback of what was written every this many bytes.
 _WRITEBACK_EVERY = 8 << 20
+#: How often a waiting caller checks whether its reader was interrupted (seconds).
+INTERRUPT_POLL = 0.1
+#: errno values that mean "the disk is full"
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the OSError / SQLite error of a full disk (ENOSPC, EDQUOT, SQLITE_FULL)."""
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    return isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
 
 
 class Download:
@@ -83,6 +108,10 @@ class Download:
         self.path: Path | None = None
         self.error: BaseException | None = None
         self.cond = threading.Condition()
+        #: callers waiting for this download (under cond)
+        self.waiters = 0
+        #: set when the last waiter was interrupted: the leader stops at its next check
+        self.cancel_requested = False
 
     def __repr__(self) -> str:
         return f"Download({self.name!r}, {self.state}, {self.bytes_written}/{self.size})"
@@ -110,17 +139,53 @@ class Download:
             self.state = "failed" if error is not None else "done"
             self.cond.notify_all()
 
-    def wait(self) -> Path:
+    def join(self) -> None:
+        """Count one more waiter (and take back a cancel nobody acted on yet)."""
+        with self.cond:
+            self.waiters += 1
+            self.cancel_requested = False
+
+    def wait(self, cancelled: Callable[[], bool] | None = None,
+             deadline: float | None = None, deadline_s: float = 0.0) -> Path:
         """The committed path once the leader is done, or its exception re-raised.
 
-        Not bounded here: the leader always finishes, and its own waits are bounded.
+        Leaves early with OpenInterruptedError when *cancelled()* turns true (polled every
+        INTERRUPT_POLL s) or OpenTimeoutError at *deadline* (time.monotonic()).  Without
+        either it is bounded by the leader, whose own waits are bounded.  The caller must
+        have called `join()`.
         """
+        interrupted = True
         with self.cond:
-            self.cond.wait_for(lambda: self.finished)
+            try:
+                while not self.finished:
+                    if cancelled is not None and cancelled():
+                        raise OpenInterruptedError(
+                            f"opening '{self.name}' was interrupted (the reader got a signal) "
+                            f"while it was being downloaded ({self.bytes_written} of "
+                            f"{self.size} bytes)")
+                    timeout = INTERRUPT_POLL if cancelled is not None else None
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            interrupted = False
+                            raise OpenTimeoutError(self._timeout_message(deadline_s))
+                        timeout = left if timeout is None else min(timeout, left)
+                    self.cond.wait(timeout)
+                interrupted = False
+            finally:
+                self.waiters -= 1
+                if interrupted and self.waiters <= 0 and not self.finished:
+                    self.cancel_requested = True
         if self.error is not None:
             raise self.error
         assert self.path is not None
         return self.path
+
+    def _timeout_message(self, deadline_s: float) -> str:
+        where = f"from {self.url}" if self.url else "(waiting for another process or the server)"
+        return (f"opening '{self.name}' took longer than the open deadline of {deadline_s:g}s "
+                f"(CRDS_FS_OPEN_DEADLINE): {self.bytes_written} of {self.size} bytes so far "
+                f"{where}; the download goes on in the background, try again later")
 
     def wait_for_bytes(self, count: int, timeout: float | None = None) -> int:
         """Hook: block until *count* bytes are in `part` (or the download ended).
@@ -151,6 +216,7 @@ class Fetcher:
         offline_reason: str = "",
         on_commit: Callable[[str, int], None] | None = None,
         reconnect: Callable[[], bool] | None = None,
+        make_room: Callable[[str, int], None] | None = None,
     ) -> None:
         self.client = client
         self.catalog = catalog
@@ -162,6 +228,8 @@ class Fetcher:
         self.on_commit = on_commit
         #: called when a download is needed while offline; True = the server is back
         self.reconnect = reconnect
+        #: called before a download with (name, size); frees space or raises CacheFullError
+        self.make_room = make_room
         self._lock = threading.Lock()
         self._inflight: dict[str, Download] = {}
         self.counters = {"downloads": 0, "failures": 0, "bytes": 0, "adopted": 0}
@@ -209,32 +277,50 @@ class Fetcher:
         with self._lock:
             return len(self._inflight)
 
-    def ensure(self, name: str) -> Path:
-        """Path of the verified file *name*, downloading it once if needed (blocking)."""
+    def ensure(self, name: str, *, cancelled: Callable[[], bool] | None = None,
+               deadline: float | None = None) -> Path:
+        """Path of the verified file *name*, downloading it once if needed.
+
+        Blocks until done, or until *deadline* (a time.monotonic() value:
+        OpenTimeoutError) or until *cancelled()* is true (OpenInterruptedError); see the
+        module doc for what happens to the download then.
+        """
         info = self.info(name)
         path = self.lookup(name, info)
         if path is not None:
             return path
-        with self._lock:
-            download = self._inflight.get(name)
-            leader = download is None
-            if download is None:
-                download = Download(name, info, self.store.final_path(name),
-                                    self.store.part_path(name))
-                self._inflight[name] = download
-        if not leader:
-            return download.wait()
+        deadline_s = 0.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        for attempt in range(2):
+            with self._lock:
+                download = self._inflight.get(name)
+                leader = download is None
+                if download is None:
+                    download = Download(name, info, self.store.final_path(name),
+                                        self.store.part_path(name))
+                    self._inflight[name] = download
+                download.join()
+            if leader:
+                threading.Thread(target=self._lead, args=(download, info), daemon=True,
+                                 name=f"crds-fs-fetch {name}").start()
+            try:
+                return download.wait(cancelled, deadline, deadline_s)
+            except DownloadCancelled:
+                # we joined a flight whose last reader had just been interrupted
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _lead(self, download: Download, info: FileInfo) -> None:
+        """The background thread of one download: obtain the file, then tell the waiters."""
+        path: Path | None = None
+        error: BaseException | None = None
         try:
             path = self._obtain(download, info)
-        except BaseException as exc:
-            download.finish(error=exc)
-            raise
-        else:
-            download.finish(path=path)
-            return path
-        finally:
-            with self._lock:
-                self._inflight.pop(name, None)
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+            error = exc
+        with self._lock:
+            self._inflight.pop(download.name, None)
+            download.finish(path=path, error=error)
 
     # --- leader ---------------------------------------------------------------------------
 
@@ -269,7 +355,7 @@ class Fetcher:
             return None
         size, sha1 = sha1_file(final)
         if size == info.size and (not info.sha1 or sha1 == info.sha1):
-            self.index.add(name, size, sha1)
+            self.record(name, size, sha1, final)
             self._count("adopted", 1)
             log.info("adopted %s already present at %s (verified)", name, final)
             return final
@@ -299,6 +385,7 @@ class Fetcher:
         limit = self.stall_limit()
         last_size, last_change, pause = -1, time.monotonic(), 0.01
         while not lock.try_acquire():
+            self._check_cancel(download)
             try:
                 size = os.stat(download.part).st_size
             except FileNotFoundError:
@@ -324,26 +411,99 @@ class Fetcher:
             self._count("failures", 1)
             log.error("cannot download %s: no download URL (%s)", name, exc)
             raise DownloadError(f"cannot download '{name}': {exc}") from None
+        if self.make_room is not None:
+            try:
+                self.make_room(name, info.size)
+            except CacheFullError as exc:
+                self._count("failures", 1)
+                log.error("%s", exc)
+                raise
+            except (OSError, sqlite3.Error) as exc:  # trimming failed: try the download anyway
+                log.warning("could not make room for %s in the cache %s: %s", name,
+                            self.store.root, exc)
         download.started(url)
-        part, fd = self.store.open_part(name)
+        part, fd = self._open_part(name)
         try:
             sha1 = self._transfer(download, fd, url)
-            self._verify(download, sha1, url)
+            if not download.sha1:
+                log.debug("%s: the server publishes no sha1; only its size was checked", name)
             final = self.store.commit(part, fd, name)
         except BaseException as exc:
             self.store.discard(part)
-            self._count("failures", 1)
-            if isinstance(exc, CrdsFsError):
-                log.error("download of %s from %s failed: %s", name, url, exc)
+            error: BaseException = exc
+            if isinstance(exc, requests.RequestException):  # (an OSError too) not ours
+                error = DownloadError(f"download of '{name}' from {url} failed: {exc}")
+            elif isinstance(exc, OSError):  # writing the temp file or committing it failed
+                error = (self._full(name, exc) if is_disk_full(exc) else DownloadError(
+                    f"cannot store '{name}' in the cache {self.store.root}: {exc}; nothing "
+                    "was kept. Check that disk"))
+            if isinstance(error, DownloadCancelled):
+                log.info("%s", error)
+            else:
+                self._count("failures", 1)
+                if isinstance(error, CrdsFsError):
+                    log.error("%s", error)
+            if error is not exc:
+                raise error from None
             raise
         finally:
             os.close(fd)
-        self.index.add(name, info.size, sha1)
         self._count("downloads", 1)
         log.info("downloaded %s (%d bytes) from %s", name, info.size, url)
-        if self.on_commit is not None:
-            self.on_commit(name, info.size)
+        if self.record(name, info.size, sha1, final) and self.on_commit is not None:
+            try:
+                self.on_commit(name, info.size)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("keeping the cache %s within its limits after storing %s failed: %s",
+                          self.store.root, name, exc)
         return final
+
+    def _open_part(self, name: str) -> tuple[Path, int]:
+        try:
+            return self.store.open_part(name)
+        except OSError as exc:
+            if is_disk_full(exc):
+                error = self._full(name, exc)
+                self._count("failures", 1)
+                log.error("%s", error)
+                raise error from None
+            raise
+
+    def _full(self, name: str, exc: OSError) -> CacheFullError:
+        """The error of a download that hit a full disk, saying where and what to do."""
+        try:
+            free, _total = self.store.disk_space()
+            room = f"{free} bytes free"
+        except OSError:
+            room = "free space unknown"
+        return CacheFullError(
+            f"cannot store '{name}' in the cache {self.store.root}: the disk is full "
+            f"(ENOSPC: {exc.strerror}; {room}); nothing was kept. Free space on that disk, "
+            "lower CRDS_FS_CACHE_MAX_SIZE / raise CRDS_FS_CACHE_MIN_FREE so the cache evicts "
+            "earlier, or point CRDS_FS_CACHE at a bigger disk")
+
+    def record(self, name: str, size: int, sha1: str, final: Path) -> bool:
+        """Enter a verified, committed file in the index; False (logged) when the index
+        cannot be written (full disk, ...): the file is still served, and is adopted
+        (re-verified and recorded) on its next use."""
+        try:
+            stamp = file_stamp(os.stat(final))
+            self.index.add(name, size, sha1, stamp=stamp)
+            return True
+        except (OSError, sqlite3.Error) as exc:
+            where = self.index.directory
+            why = (f"the disk holding the cache index {where} is full (ENOSPC): free space there"
+                   if is_disk_full(exc) else f"the cache index {where} cannot be written")
+            log.error("%s was downloaded and verified into %s, but %s (%s); the file is "
+                      "served anyway and will be re-verified and recorded on its next use",
+                      name, final, why, exc)
+            return False
+
+    def _check_cancel(self, download: Download) -> None:
+        if download.cancel_requested:
+            raise DownloadCancelled(
+                f"download of '{download.name}' cancelled after {download.bytes_written} of "
+                f"{download.size} bytes: every reader waiting for it was interrupted")
 
     def _transfer(self, download: Download, fd: int, url: str) -> str:
         """Write the body of *url* into *fd*, resuming after breaks; return the sha1 hex.
@@ -372,46 +532,70 @@ class Fetcher:
                 response = self._open(download, url, 0)
                 assert response is not None
             received = written
+            reason, restart = "", False
             try:
-                reason = ""
                 for chunk in iter_chunks(response, _CHUNK):
+                    self._check_cancel(download)
                     received += len(chunk)
                     if received > size:
-                        raise VerificationError(
-                            f"download of '{name}' from {url} is longer than the catalog size "
-                            f"{size}; nothing was kept"
-                        )
+                        reason = f"the body is longer than the catalog size {size}"
+                        restart = True
+                        break
                     sink.put(chunk)
-            except VerificationError:
-                raise
             except DownloadError as exc:
-                reason = str(exc)
+                if isinstance(exc, DownloadCancelled):
+                    raise
+                reason = _cause(exc, url)
             finally:
                 response.close()
             written = sink.flush()  # everything received is on disk (or its error raised)
-            if written == size:
-                return sink.hexdigest()
+            if written == size and not restart:
+                digest = sink.hexdigest()
+                if not download.sha1 or digest == download.sha1:
+                    return digest
+                reason = (f"its sha1 {digest} differs from the server catalog's "
+                          f"{download.sha1} (the server or something between corrupts data)")
+                restart = True
             reason = reason or f"the body ended after {written} of {size} bytes"
             failures += 1
             if failures > self.settings.retries:
-                raise DownloadError(
+                error = VerificationError if restart else DownloadError
+                raise error(
                     f"download of '{name}' from {url} failed after {failures} attempt(s): "
                     f"{reason}; nothing was kept. Try again later"
                 )
             delay = self.settings.backoff * 2 ** (failures - 1)
-            log.warning("download of %s from %s broke off at %d of %d bytes (%s); resuming "
-                        "in %.2fs", name, url, written, size, reason, delay)
-            time.sleep(delay)
+            if restart:
+                log.warning("download of %s from %s: %s; downloading it again in %.2fs "
+                            "(attempt %d of %d)", name, url, reason, delay, failures + 1,
+                            self.settings.retries + 1)
+                sink.restart()
+                written = 0
+            else:
+                log.warning("download of %s from %s broke off at %d of %d bytes (%s); "
+                            "resuming in %.2fs", name, url, written, size, reason, delay)
+            self._sleep(download, delay)
+
+    def _sleep(self, download: Download, delay: float) -> None:
+        """Back off before a retry, checking for a cancel every INTERRUPT_POLL seconds."""
+        end = time.monotonic() + delay
+        while True:
+            self._check_cancel(download)
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, INTERRUPT_POLL))
 
     def _open(self, download: Download, url: str, start: int) -> requests.Response | None:
         """Open the body from byte *start*; None when a resume was refused (no range support)."""
+        self._check_cancel(download)
         try:
             return self.open_body(url, start)
-        except ServerUnreachableError as exc:
-            raise DownloadError(f"download of '{download.name}' from {url} failed: {exc}") from None
-        except DownloadError as exc:
-            if start == 0:
-                raise DownloadError(f"download of '{download.name}' failed: {exc}") from None
+        except (ServerUnreachableError, DownloadError) as exc:
+            if start == 0 or isinstance(exc, ServerUnreachableError):
+                raise DownloadError(
+                    f"download of '{download.name}' from {url} {_failed(_cause(exc, url))}"
+                ) from None
             log.info("resuming %s at byte %d was refused (%s); restarting", download.name,
                      start, exc)
             return None
@@ -424,17 +608,6 @@ class Fetcher:
         if start == 0 and end is None:
             return self.client.open_stream(url)
         return self.client.open_stream(url, start=start, end=end)
-
-    def _verify(self, download: Download, sha1: str, url: str) -> None:
-        if download.sha1 and sha1 != download.sha1:
-            raise VerificationError(
-                f"downloaded '{download.name}' from {url} has sha1 {sha1} but the server "
-                f"catalog says {download.sha1}; nothing was kept. The server or something "
-                "between it and you corrupts data"
-            )
-        if not download.sha1:
-            log.debug("%s: the server publishes no sha1; only its size was checked",
-                      download.name)
 
     def _count(self, key: str, amount: int = 1) -> None:
         with self._counter_lock:
@@ -542,6 +715,20 @@ class _Sink:
         if self.written - self._synced >= _WRITEBACK_EVERY:
             self.store.start_writeback(self.fd, self._synced, self.written - self._synced)
             self._synced = self.written
+
+
+def _cause(exc: BaseException, url: str) -> str:
+    """The client's message without its own "download of URL" prefix (said once, by us)."""
+    text = str(exc)
+    for prefix in (f"download of {url} failed: ", f"download of {url} "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+def _failed(cause: str) -> str:
+    """'failed after 2 attempt(s): ...' stays; anything else becomes 'failed: ...'."""
+    return cause if cause.startswith("failed") else f"failed: {cause}"
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -33,6 +33,9 @@ class Entry(NamedTuple):
     sha1: str
     fetched_at: float
     last_used: float
+    #: "inode:mtime_ns" of the file when it was verified ("" in entries of older versions):
+    #: an open that finds another stamp re-hashes the file before serving it
+    stamp: str = ""
 
 
 class CacheIndex:
@@ -65,10 +68,11 @@ class CacheIndex:
         value = self.db.get(self._prefix + name)
         return Entry(*value) if value is not None else None
 
-    def add(self, name: str, size: int, sha1: str, *, now: float | None = None) -> Entry:
+    def add(self, name: str, size: int, sha1: str, *, now: float | None = None,
+            stamp: str = "") -> Entry:
         """Record a committed file; counters change only if it was not recorded yet."""
         now = time.time() if now is None else now
-        entry = Entry(int(size), sha1, now, now)
+        entry = Entry(int(size), sha1, now, now, stamp)
         with self._lock, self.db.transact():
             old = self.db.get(self._prefix + name)
             self.db.set(self._prefix + name, tuple(entry))
@@ -98,6 +102,16 @@ class CacheIndex:
             old = self.db.get(self._prefix + name)
             if old is not None:
                 entry = Entry(*old)._replace(last_used=when)
+                self.db.set(self._prefix + name, tuple(entry))
+                if self._mirror is not None and name in self._mirror:
+                    self._mirror[name] = entry
+
+    def set_stamp(self, name: str, stamp: str) -> None:
+        """Record the file stamp of a (re-)verified file; a no-op for names not recorded."""
+        with self._lock, self.db.transact():
+            old = self.db.get(self._prefix + name)
+            if old is not None:
+                entry = Entry(*old)._replace(stamp=stamp)
                 self.db.set(self._prefix + name, tuple(entry))
                 if self._mirror is not None and name in self._mirror:
                     self._mirror[name] = entry

@@ -187,6 +187,43 @@ class FileStore:
         except FileNotFoundError:
             return False
 
+    def remove_unused(self, name: str) -> bool | None:
+        """Delete a committed file unless some process has it open as a Reader.
+
+        Readers hold a shared flock on their descriptor (see `lock_shared`); an exclusive
+        non-blocking flock here fails while any of them, in any process, holds one.
+        Returns True (removed), False (in use: kept) or None (already gone).
+        """
+        path = self.final_path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return False
+                raise
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return None
+            return True
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def lock_shared(fd: int) -> None:
+        """Mark *fd* (a Reader's) as in use, so `remove_unused` in any process skips it."""
+        fcntl.flock(fd, fcntl.LOCK_SH)
+
+    def disk_space(self) -> tuple[int, int]:
+        """(free bytes for unprivileged writers, total bytes) of the cache's filesystem."""
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
     def write_config(self, server_info: dict[str, Any]) -> None:
         """Write `config/<obs>/server_config` and `ref_cache_subdir_mode` like crds does.
 
@@ -240,6 +277,12 @@ class FileStore:
             finally:
                 lock.release()
         return removed
+
+
+def file_stamp(st: os.stat_result) -> str:
+    """'inode:mtime_ns' of a cached file: changes when the file is rewritten or replaced
+    (crds-fs never writes a committed file), so a different stamp means "hash it again"."""
+    return f"{st.st_ino}:{st.st_mtime_ns}"
 
 
 def _fsync_dir(path: Path) -> None:

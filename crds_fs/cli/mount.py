@@ -27,7 +27,7 @@ from typing import Any
 
 import click
 
-from ..config import OBSERVATORIES, Settings
+from ..config import OBSERVATORIES, Settings, parse_size
 from ..errors import CrdsFsError, MountError
 from . import cli
 
@@ -69,6 +69,9 @@ LOG_FORMAT = "%(asctime)s crds-fs[%(process)d] %(levelname)s %(name)s: %(message
                    "$CRDS_FS_READ_TIMEOUT or 30].")
 @click.option("--retries", type=click.IntRange(min=0), default=None,
               help="Extra attempts after a failed request [default: $CRDS_FS_RETRIES or 3].")
+@click.option("--cache-max-size", default=None, metavar="SIZE",
+              help="Largest the cache may grow, e.g. 50G (LRU eviction of references, down "
+                   "to 90%) [default: $CRDS_FS_CACHE_MAX_SIZE, else unlimited].")
 @click.option("--ready-timeout", type=click.FloatRange(min=1), default=READY_TIMEOUT,
               show_default=True, help="Seconds to wait for the daemon to be ready.")
 @click.option("-o", "fuse_opts", multiple=True, metavar="OPT[=VAL]",
@@ -88,7 +91,8 @@ LOG_FORMAT = "%(asctime)s crds-fs[%(process)d] %(levelname)s %(name)s: %(message
 def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
                   cache_dir: Path | None, context: str | None, observatory: str | None,
                   foreground: bool, offline: bool, log_file: Path | None,
-                  read_timeout: float | None, retries: int | None, ready_timeout: float,
+                  read_timeout: float | None, retries: int | None,
+                  cache_max_size: str | None, ready_timeout: float,
                   fuse_opts: tuple[str, ...], datasets: Path | None, engine: str | None,
                   poll: float | None, status_fd: int | None) -> None:
     """Mount CRDS at MOUNTPOINT: mappings/, references/, config/ as a CRDS cache.
@@ -98,7 +102,10 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
     """
     settings = Settings.from_env(server_url=server_url, cache_dir=cache_dir,
                                  observatory=observatory, context=context,
-                                 read_timeout=read_timeout, retries=retries)
+                                 read_timeout=read_timeout, retries=retries,
+                                 cache_max_bytes=(parse_size(cache_max_size,
+                                                             what="--cache-max-size")
+                                                  if cache_max_size else None))
     mountpoint = Path(os.path.abspath(mountpoint))
     _configure_bestrefs(datasets, engine, poll)
     if foreground or status_fd is not None:

@@ -49,6 +49,40 @@ FUSE_CAP_PARALLEL_DIROPS = 1 << 18
 #: largest read request the kernel sends (see fuse_options)
 MAX_READ = 512 * 1024
 
+def _load_fuse_interrupted() -> Callable[[], bool] | None:
+    """libfuse3's `fuse_interrupted()` from the very library mfusepy loaded, or None.
+
+    Call it only once the FUSE session exists (from `init` on), see `init_with_config`.
+
+    It says whether the request the calling FUSE thread is answering was interrupted: the
+    kernel sends FUSE_INTERRUPT when the reader waiting for it gets a signal (Ctrl-C,
+    SIGTERM, SIGKILL), libfuse marks the request.  mfusepy does not wrap it, so it is taken
+    from the libfuse3 mapped into this process (dlopen of a loaded library returns the
+    same instance, hence the same per-thread request context).
+    """
+    path = None
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                if "libfuse3" in line and "/" in line:
+                    path = line[line.index("/"):].strip()
+                    break
+    except OSError:
+        return None
+    if path is None:
+        return None
+    try:
+        func = ctypes.CDLL(path).fuse_interrupted
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = []
+    func.restype = ctypes.c_int
+    return lambda: bool(func())
+
+
+#: None where libfuse3 has no fuse_interrupted (then opens wait for their deadline)
+fuse_interrupted = _load_fuse_interrupted()
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.malloc.restype = ctypes.c_void_p
 _libc.malloc.argtypes = [ctypes.c_size_t]
@@ -140,6 +174,10 @@ class CrdsOperations(mfusepy.Operations):
                      "max_read %d, max_readahead %d", conn.proto_major, conn.proto_minor,
                      conn.capable, conn.want, conn.max_write, conn.max_read, conn.max_readahead)
         self.initialized = True
+        if fuse_interrupted is not None:
+            # only now: before fuse_new() libfuse's per-thread context key does not exist
+            # and fuse_interrupted() would crash; after it, other threads just get 0
+            self.source.env.interrupted = fuse_interrupted
         mountpoint = self.source.env.mountpoint
         if self.readahead_kb and mountpoint:
             threading.Thread(target=set_readahead, args=(mountpoint, self.readahead_kb),

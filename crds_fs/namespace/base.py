@@ -61,6 +61,10 @@ class MountEnv:
     mountpoint: str | None = None
     #: returns the mount's live status (filled in by MountSource for `.crds-fs/stats`)
     status: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    #: True when the filesystem request being answered by the calling thread was
+    #: interrupted (its reader got a signal); the FUSE glue installs libfuse's
+    #: fuse_interrupted().  Long waits (downloads in open) poll it and give up.
+    interrupted: Callable[[], bool] = field(default=lambda: False)
 
     def file_attrs(self, size: int) -> Attrs:
         """Attributes of a read-only regular file of *size* bytes."""
@@ -167,11 +171,15 @@ class BytesHandle(Handle):
 
 
 class FileHandle(Handle):
-    """A cached CRDS file, read with pread on a descriptor kept open until release."""
+    """A cached CRDS file, read with pread on a descriptor kept open until release.
 
-    def __init__(self, fd: int, name: str) -> None:
-        self.fd = fd
-        self.name = name
+    Made from a `cache.Reader`, which pins the file against eviction until released.
+    """
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.fd = reader.fileno()
+        self.name = reader.name
 
     def read(self, size: int, offset: int) -> bytes:
         return os.pread(self.fd, size, offset)
@@ -183,9 +191,8 @@ class FileHandle(Handle):
         return self.fd
 
     def release(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
+        self.fd = -1
+        self.reader.close()
 
 
 # --- providers ------------------------------------------------------------------------------

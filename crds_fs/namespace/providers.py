@@ -19,10 +19,13 @@ from typing import Any
 from ..client.payload import crds_encode
 from ..client.rpc import advertised_url, url_field
 from ..errors import (
+    CacheFullError,
     CrdsFsError,
+    DownloadError,
     NoSuchAttributeError,
     NoSuchPathError,
     OfflineError,
+    OpenInterruptedError,
     ServerUnreachableError,
 )
 from .base import (
@@ -46,6 +49,11 @@ XATTR_SHA1 = XATTR_PREFIX + "sha1"
 XATTR_CACHED = XATTR_PREFIX + "cached"
 XATTR_URL = XATTR_PREFIX + "url"
 FILE_XATTRS = [XATTR_SHA1, XATTR_CACHED, XATTR_URL]
+#: On demand only (not listed, so `getfattr -d` never hashes the whole cache): reading it
+#: re-hashes the cached file; a bad copy is removed and fetched again.
+XATTR_VERIFY = XATTR_PREFIX + "verify"
+#: getxattr is asked twice per read (size, then value): one verification answers both
+VERIFY_MEMO_SECONDS = 10.0
 
 
 class ObservatoryDirProvider(Provider):
@@ -88,6 +96,7 @@ class CatalogProvider(ObservatoryDirProvider):
         super().__init__(env)
         self.kind = kind
         self.name = kind + "s"
+        self._verified: dict[str, tuple[tuple[int, ...], float, bytes]] = {}
 
     def names(self) -> Sequence[str]:
         catalog = self.env.cache.catalog
@@ -113,19 +122,26 @@ class CatalogProvider(ObservatoryDirProvider):
         name = parts[1]
         cache = self.env.cache
         try:
-            local = cache.ensure(name)
-            fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
+            reader = cache.open_reader(name, cancelled=self.env.interrupted,
+                                       deadline=open_deadline(cache))
         except (OfflineError, ServerUnreachableError) as exc:
             log.error("cannot open %s: not cached and the CRDS server %s is unreachable: %s",
                       self.path(parts), cache.settings.server_url, exc)
+            raise
+        except OpenInterruptedError as exc:
+            log.info("open of %s given up: %s", self.path(parts), exc)
+            raise
+        except (DownloadError, CacheFullError) as exc:  # the fetcher logged it, once
+            log.debug("cannot open %s: %s", self.path(parts), exc)
             raise
         except CrdsFsError as exc:
             log.error("cannot open %s: %s", self.path(parts), exc)
             raise
         except OSError as exc:
-            log.error("cannot open %s: cached copy unreadable: %s", self.path(parts), exc)
+            log.error("cannot open %s: its cached copy in %s is unreadable (%s)",
+                      self.path(parts), cache.local_path(name), exc)
             raise
-        return FileHandle(fd, name)
+        return FileHandle(reader)
 
     def getxattr(self, parts: Parts, name: str) -> bytes:
         if len(parts) < 2:  # directories carry no crds attributes
@@ -138,11 +154,43 @@ class CatalogProvider(ObservatoryDirProvider):
             return b"yes" if self.env.cache.is_cached(file) else b"no"
         if name == XATTR_URL:
             return file_url(self.env, file).encode()
+        if name == XATTR_VERIFY:
+            return self._verify(file)
         raise missing_xattr(self.path(parts), name)
+
+    def _verify(self, file: str) -> bytes:
+        """`user.crds.verify`: re-hash the cached copy now.
+
+        The kernel asks twice (size, then value); the answer is memoised for a few seconds
+        per state of the cached file (inode, size, mtime, ctime), so both calls agree and
+        any change to the file (a repair, a write, even with its times restored) asks anew.
+        """
+        cache = self.env.cache
+        try:
+            st = os.stat(cache.local_path(file))
+            state: tuple[int, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except OSError:
+            state = ()
+        now = time.monotonic()
+        memo = self._verified.get(file)
+        if memo is not None and memo[0] == state and now - memo[1] < VERIFY_MEMO_SECONDS:
+            return memo[2]
+        answer = cache.verify(file, cancelled=self.env.interrupted,
+                              deadline=open_deadline(cache)).encode()
+        self._verified = {k: v for k, v in self._verified.items()
+                          if now - v[1] < VERIFY_MEMO_SECONDS}
+        self._verified[file] = (state, now, answer)
+        return answer
 
     def listxattr(self, parts: Parts) -> list[str]:
         self.getattr(parts)
         return list(FILE_XATTRS) if len(parts) == 2 else []
+
+
+def open_deadline(cache: Any) -> float | None:
+    """time.monotonic() by which an open must be answered (CRDS_FS_OPEN_DEADLINE), or None."""
+    seconds = float(getattr(cache.settings, "open_deadline", 0) or 0)
+    return time.monotonic() + seconds if seconds > 0 else None
 
 
 def file_url(env: MountEnv, name: str) -> str:
