@@ -100,6 +100,9 @@ def test_bad_references_fail_the_header_unless_allowed(tiny_root: Path, tmp_path
     allowed = run_cli(*args, "--allow-bad-references")
     assert allowed.returncode == 0, allowed.stderr
     assert json_lines(allowed)[0]["bestrefs"]["thing"] == "bad_b.fits"
+    from_env = run_cli(*args, env={"CRDS_ALLOW_BAD_REFERENCES": "1"})
+    assert from_env.returncode == 0, from_env.stderr
+    assert json_lines(from_env) == json_lines(allowed)
 
 
 def test_table_output_and_plain_mapping_folder(tiny_root: Path, tmp_path: Path) -> None:
@@ -157,6 +160,12 @@ def test_missing_input_and_other_failures(tiny_root: Path, tmp_path: Path) -> No
                           "http://127.0.0.1:9", str(path), env={"CRDS_FS_RETRIES": "0"})
     assert unreachable.returncode == 1
     assert "127.0.0.1:9" in unreachable.stderr
+    # Computing locally with a named context needs no server, even when one is configured.
+    local = run_cli("--context", "tobs_0001.pmap", "--mappings", str(tiny_root), "--json",
+                    str(path), env={"CRDS_SERVER_URL": "http://127.0.0.1:9",
+                                    "CRDS_FS_RETRIES": "0"})
+    assert local.returncode == 0, local.stderr
+    assert json_lines(local)[0]["bestrefs"]["thing"] == "a_2010.fits"
 
 
 def test_fits_dataset_reads_headers_only(tiny_root: Path, tmp_path: Path) -> None:
@@ -381,3 +390,34 @@ def test_cache_option_is_where_references_go(demo_server: Any, demo_root: Path,
     assert paths == {t: str(cache / "references" / "hst" / n) for t, n in expected.items()}
     assert all(Path(p).is_file() for p in paths.values())
     assert not (tmp_path / "other").exists()
+
+
+def test_dataset_ids_are_asked_in_batches(demo_server: Any) -> None:
+    """IDs go to get_dataset_headers_by_id in batches of max_bestrefs_per_rpc (1000 here):
+    1001 IDs cost two calls; every unknown one is named in its own record."""
+    unknown = [f"NOSUCH{i:04d}Q" for i in range(1000)]
+    done = run_cli("--context", CONTEXT, "--remote", "--json", "J9DEMO01Q", *unknown,
+                   env={"CRDS_SERVER_URL": demo_server.url})
+    assert done.returncode == 1, done.stderr[-2000:]
+    records = json_lines(done)
+    assert records[0]["bestrefs"] == EXPECTED["j9demo01q_raw.fits"][CONTEXT]
+    assert [r["input"] for r in records[1:]] == unknown
+    assert all(r["input"] in r["error"] and "unreadable" not in r for r in records[1:])
+    assert demo_server.log().count("get_dataset_headers_by_id") == 2, demo_server.log()[-2000:]
+
+
+def test_header_file_size_limit(tiny_root: Path, tmp_path: Path) -> None:
+    """A .jsonl larger than the limit (1 GiB) is refused unread (a sparse file here)."""
+    from crds_fs.cli.bestrefs import _MAX_JSON_BYTES
+
+    huge = tmp_path / "huge.jsonl"
+    with open(huge, "wb") as out:
+        out.truncate(_MAX_JSON_BYTES + 1)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(header()))
+    done = run_cli("--context", "tobs_0001.pmap", "--mappings", str(tiny_root), "--json",
+                   str(huge), str(good))
+    assert done.returncode == 2
+    records = json_lines(done)
+    assert "too large for a header file" in records[0]["error"] and records[0]["unreadable"]
+    assert records[1]["bestrefs"]["thing"] == "a_2010.fits"

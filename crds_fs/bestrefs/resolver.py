@@ -326,21 +326,25 @@ class RemoteAnswerer:
         return outcome if error is None else Outcome({}, outcome.engine, error)
 
     def dataset_headers(self, context: str, ids: list[str]) -> dict[str, dict[str, Any] | str]:
-        """{id: header} of dataset IDs the server knows, in one `get_dataset_headers_by_id`
-        call; an ID the server does not know maps to the error saying so (a string)."""
-        try:
-            answer = self.client.get_dataset_headers_by_id(context, ids)
-        except ServiceError as exc:
-            message = f"DatasetError: dataset IDs {', '.join(ids)}: {exc}"
-            return dict.fromkeys(ids, message)
+        """{id: header} of dataset IDs the server knows, asked with
+        `get_dataset_headers_by_id` in batches of `max_per_rpc`; an ID the server does not
+        know (or a batch it refuses) maps to the error saying so (a string)."""
         result: dict[str, dict[str, Any] | str] = {}
-        for requested in ids:
-            value = answer.get(requested) if isinstance(answer, dict) else None
-            if isinstance(value, dict):
-                result[requested] = {str(k).upper(): v for k, v in value.items()}
-            else:
-                why = value or f"the server returned no header for dataset ID {requested!r}"
-                result[requested] = f"DatasetError: {why}"
+        step = self.max_per_rpc()
+        for start in range(0, len(ids), step):
+            batch = ids[start: start + step]
+            try:
+                answer = self.client.get_dataset_headers_by_id(context, batch)
+            except ServiceError as exc:
+                result.update(dict.fromkeys(batch, f"DatasetError: {exc}"))
+                continue
+            for requested in batch:
+                value = answer.get(requested) if isinstance(answer, dict) else None
+                if isinstance(value, dict):
+                    result[requested] = {str(k).upper(): v for k, v in value.items()}
+                else:
+                    why = value or f"the server returned no header for dataset ID {requested!r}"
+                    result[requested] = f"DatasetError: {why}"
         return result
 
 
@@ -372,13 +376,14 @@ def _remote_outcome(value: Any) -> Outcome:
 
 def is_context_alias(name: str | None, observatory: str | None = None) -> bool:
     """True for None/'' and the words meaning "the current one": ``operational``,
-    ``latest``, and ``<obs>-operational``/``<obs>-latest`` (crds' forms)."""
+    ``latest``, and ``<obs>-operational``/``<obs>-latest`` (crds' forms) where ``<obs>``
+    is *observatory* when one is known, else any observatory."""
     if not name:
         return True
     text = name.strip().lower()
     obs, _, word = text.rpartition("-")
-    return text in CONTEXT_ALIASES or (
-        word in CONTEXT_ALIASES and obs in {*OBSERVATORIES, "tobs", observatory})
+    known = {observatory} if observatory else {*OBSERVATORIES, "tobs"}
+    return text in CONTEXT_ALIASES or (word in CONTEXT_ALIASES and obs in known)
 
 
 def alias_observatory(name: str | None) -> str | None:

@@ -328,7 +328,8 @@ def _cache_references(items: list[Item], context: str,
               help="Compute with the crds-fs engine (default with --mappings) or ask the server.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per header and line.")
 @click.option("--allow-bad-references", is_flag=True,
-              help="Report references on the bad-files list instead of failing the header.")
+              help="Report references on the bad-files list instead of failing the header "
+                   "[default: $CRDS_ALLOW_BAD_REFERENCES].")
 @click.option("--cache-references", is_flag=True,
               help="Fetch (and verify) the chosen references into the crds-fs cache and print "
                    "their local paths.")
@@ -351,9 +352,12 @@ def bestrefs(context: str | None, mappings: Path | None, server: str | None,
     use_local = local if local is not None else mappings is not None
     if mappings is not None and local is False:
         raise click.UsageError("--mappings is for --local; use --server with --remote")
+    allow_bad_references = allow_bad_references or settings.allow_bad_references
     remote: RemoteAnswerer | None = None
-    if not use_local or _server_given(server):
-        remote = _remote(settings, allow_bad_references)
+    if not use_local or (_server_given(server) and (
+            is_context_alias(context or settings.context, settings.observatory)
+            or any(is_dataset_id(path) for path in inputs))):
+        remote = _remote(settings, allow_bad_references)  # local: only for context or IDs
     try:
         items, name = _answer(settings, inputs, mappings if use_local else None, use_local,
                               context, remote, allow_bad_references)

@@ -16,7 +16,7 @@ with crds' ``hv_best_references``:
 * ``get_required_parkeys(context)`` -> pmap: ``{instrument: [parkey, ...]}``; imap/rmap: list.
 
 Contexts are loaded once per (root, context) and kept; built mappings are shared between
-contexts of the same root through :mod:`crds_fs.sources`' memo.
+contexts of the same root through :mod:`crds_fs.bestrefs.sources`' memo.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..bestrefs.resolver import plain_bestrefs
 from ..bestrefs.sources import MappingSource, shared_memo, source_for_path
 from ..engine import Context, mapping_required_parkeys
 from ..errors import CrdsFsError, ServiceError
@@ -76,23 +77,10 @@ def _check_reftypes(reftypes: Any) -> list[str] | None:
     return [t.lower() for t in reftypes]
 
 
-def _jsonable(refs: dict[str, Any]) -> dict[str, Any]:
-    """Tuples of tied files become lists; anything exotic becomes its string form."""
-    result: dict[str, Any] = {}
-    for reftype, value in refs.items():
-        if isinstance(value, (tuple, list)):
-            result[reftype] = [v if isinstance(v, str) else str(v) for v in value]
-        elif isinstance(value, (str, dict)):
-            result[reftype] = value
-        else:
-            result[reftype] = str(value)
-    return result
-
-
 def _compute(root: Path, context: str, header: dict[str, Any],
              reftypes: list[str] | None) -> dict[str, Any]:
     try:
-        return _jsonable(_context(root, context).compute_best_references(header, reftypes))
+        return plain_bestrefs(_context(root, context).compute_best_references(header, reftypes))
     except CrdsFsError:
         raise
     except Exception as exc:  # the engine's contract is CrdsFsError; keep the envelope clean
