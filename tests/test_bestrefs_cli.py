@@ -134,7 +134,7 @@ def test_unreadable_inputs_exit_2_and_never_hide_the_others(
     done = run_cli("--context", "tobs_0001.pmap", "--mappings", str(tiny_root), "--json",
                    str(path), str(good))
     assert done.returncode == 2, done.stderr
-    assert fragment in done.stderr and "unreadable (exit status 2)" in done.stderr
+    assert fragment in done.stderr and "1 unreadable (exit status 2)" in done.stderr
     records = {r["input"]: r for r in json_lines(done)}
     bad = records[str(tmp_path / label)]
     assert fragment in bad["error"] and bad["unreadable"] is True and "bestrefs" not in bad
@@ -284,7 +284,7 @@ def test_mix_of_good_unreadable_and_unknown_id_inputs(demo_server: Any, demo_roo
     for record, name in ((records[3], "broken_raw.fits"), (records[4], "missing_raw.fits")):
         assert name in record["error"] and record["unreadable"] is True
         assert name in done.stderr
-    assert "6 headers: 3 answered, 1 lookup(s) failed, 2 input(s) unreadable" in done.stderr
+    assert "3 of 6 answered, 1 lookup(s) failed, 2 unreadable (exit status 2)" in done.stderr
 
     # Without the unreadable inputs, the unknown ID alone makes it 1; the table names it.
     table = run_cli("--context", CONTEXT, str(first), "NOSUCH01Q", env=env)
@@ -292,7 +292,7 @@ def test_mix_of_good_unreadable_and_unknown_id_inputs(demo_server: Any, demo_roo
     assert "== NOSUCH01Q" in table.stdout and "ERROR DatasetError" in table.stdout
     for reftype, name in EXPECTED[first.name][CONTEXT].items():
         assert f"{reftype}" in table.stdout and name in table.stdout
-    assert "1 lookup(s) failed, 0 input(s) unreadable (exit status 1)" in table.stderr
+    assert "1 of 2 answered, 1 lookup(s) failed, 0 unreadable (exit status 1)" in table.stderr
 
     # All answered: 0, and nothing but the context line on stderr.
     good = run_cli("--context", CONTEXT, "--json", str(first), "J9DEMO01Q", env=env)

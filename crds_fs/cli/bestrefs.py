@@ -22,7 +22,8 @@ Exit status (the worst that happened wins):
   is an answer: ``NOT FOUND ...``, as in crds);
 * 1 — some lookups failed: a header's whole call (unknown instrument, bad rules or bad
   reference, an unknown dataset ID, a refusal by the server), or none could be made at
-  all (context not loadable, server unreachable);
+  all (context not loadable, server unreachable), or ``--cache-references`` failed (the
+  answers are still printed, without paths);
 * 2 — some inputs could not be read (missing, unparsable, not a dataset or header file,
   a dataset ID without a server), or the command line is wrong.
 
@@ -279,8 +280,8 @@ def _summary(items: list[Item]) -> str:
     unreadable = sum(item.unreadable for item in items)
     failed = sum(item.error is not None and not item.unreadable for item in items)
     answered = len(items) - unreadable - failed
-    return (f"crds-fs bestrefs: {len(items)} headers: {answered} answered, {failed} lookup(s) "
-            f"failed, {unreadable} input(s) unreadable (exit status {exit_status(items)})")
+    return (f"crds-fs bestrefs: {answered} of {len(items)} answered, {failed} lookup(s) "
+            f"failed, {unreadable} unreadable (exit status {exit_status(items)})")
 
 
 def _cache_references(items: list[Item], context: str,
@@ -364,12 +365,20 @@ def bestrefs(context: str | None, mappings: Path | None, server: str | None,
     finally:
         if remote is not None:
             remote.client.close()
-    paths = _cache_references(items, name, settings) if cache_references else None
+    paths, cache_error = None, None
+    if cache_references:
+        try:
+            paths = _cache_references(items, name, settings)
+        except CrdsFsError as exc:  # the answers stand; say why there are no paths
+            cache_error = f"crds-fs bestrefs: error: caching the references failed: {exc}"
     if as_json:
         _print_json(items, paths)
     else:
         _print_table(items, name, paths)
     status = exit_status(items)
+    if cache_error is not None:
+        click.echo(cache_error, err=True)
+        status = max(status, EXIT_LOOKUP)
     if status != EXIT_OK:
         for item in items:
             if item.unreadable:
@@ -386,6 +395,8 @@ def _answer(settings: Settings, inputs: tuple[Path, ...], mappings: Path | None,
 
     folder = (mappings or Path(settings.cache_dir)) if use_local else None
     where = f"mappings {folder}" if use_local else settings.server_url
+    if use_local and remote is not None:
+        where += f" (context and dataset IDs from {settings.server_url})"
     try:
         name, how = _choose_context(context, settings, folder, remote)
         if use_local:
