@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .bestrefs.headers import read_header
-from .bestrefs.resolver import ENGINES, BestrefsResolver, is_reference_name
+from .bestrefs.resolver import ENGINES, BestrefsResolver, is_context_alias, is_reference_name
 from .config import Settings
 from .errors import ConfigError, LookupFailure
 from .progress import Progress, report
@@ -95,8 +95,9 @@ class Session:
         return self.cache.observatory
 
     def context(self, context: str | None) -> str:
-        """*context*, or the server's operational one for None / 'operational' / 'latest'."""
-        if context in (None, "", "operational", "latest", f"{self.observatory}-operational"):
+        """*context*, or the server's operational one for None / 'operational' / 'latest'
+        (also ``<obs>-operational``; the same words `crds-fs bestrefs` accepts)."""
+        if is_context_alias(context, self.observatory):
             return self.cache.operational_context()
         return str(context)
 

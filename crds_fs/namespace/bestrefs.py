@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..bestrefs.registry import Answer, BestrefsView, Dataset, ViewOptions
+from ..bestrefs.resolver import is_context_alias
 from ..errors import (
     CrdsFsError,
     IsADirError,
@@ -247,7 +248,7 @@ def build(env: MountEnv) -> BestrefsProvider:
     """The provider factory registered for `bestrefs/`."""
     options = _options or ViewOptions.from_env()
     # A mount of "the operational context" keeps bestrefs/ on the server's current one.
-    follow = env.cache.settings.context in (None, "", "operational", "latest")
+    follow = is_context_alias(env.cache.settings.context, env.cache.observatory)
     options = replace(options, follow_operational=follow)
     view = BestrefsView(env.cache, context=env.context, options=options,
                         mountpoint=env.mountpoint)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..bestrefs.resolver import is_context_alias
 from ..errors import (
     AccessDeniedError,
     ConfigError,
@@ -330,7 +331,7 @@ class MountSource:
 
 def resolve_context(cache: FileCache, context: str | None) -> str:
     """The mount's context: the one named (checked against the catalog) or the operational."""
-    if context in (None, "", "operational", "latest"):
+    if is_context_alias(context, cache.observatory):  # also hst-operational, as crds
         name = cache.operational_context()
         if cache.catalog.get(name) is None:
             raise ConfigError(

@@ -23,7 +23,7 @@ do we).  The engine only loads pipeline contexts, so the mapping is wrapped in a
 mapping's (see ``_wrapped``).
 
 Contexts are loaded once per (root, context) and kept; built mappings are shared between
-contexts of the same root through :mod:`crds_fs.sources`' memo.
+contexts of the same root through :mod:`crds_fs.bestrefs.sources`' memo.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..bestrefs.resolver import plain_bestrefs
 from ..bestrefs.sources import MappingSource, shared_memo, source_for_path
 from ..engine import Context, mapping_required_parkeys
 from ..engine.checksum import set_mapping_checksum
@@ -162,7 +163,7 @@ def _wrapped_compute(root: Path, name: str, header: dict[str, Any],
     retargeted = {k: v for k, v in header.items() if k.upper() not in instrument_keys}
     retargeted[wrapped.instrument_key] = wrapped.instrument
     types = [wrapped.filekind] if wrapped.filekind is not None else reftypes
-    return _jsonable(wrapped.context.compute_best_references(retargeted, types))
+    return plain_bestrefs(wrapped.context.compute_best_references(retargeted, types))
 
 
 def _unknown_reftype(name: str, filekind: str, reftypes: list[str]) -> LookupFailure:
@@ -193,25 +194,12 @@ def _check_reftypes(reftypes: Any) -> list[str] | None:
     return [t.lower() for t in reftypes]
 
 
-def _jsonable(refs: dict[str, Any]) -> dict[str, Any]:
-    """Tuples of tied files become lists; anything exotic becomes its string form."""
-    result: dict[str, Any] = {}
-    for reftype, value in refs.items():
-        if isinstance(value, (tuple, list)):
-            result[reftype] = [v if isinstance(v, str) else str(v) for v in value]
-        elif isinstance(value, (str, dict)):
-            result[reftype] = value
-        else:
-            result[reftype] = str(value)
-    return result
-
-
 def _compute(root: Path, context: str, header: dict[str, Any],
              reftypes: list[str] | None) -> dict[str, Any]:
     try:
         if context.endswith((".imap", ".rmap")):
             return _wrapped_compute(root, context, header, reftypes)
-        return _jsonable(_context(root, context).compute_best_references(header, reftypes))
+        return plain_bestrefs(_context(root, context).compute_best_references(header, reftypes))
     except CrdsFsError:
         raise
     except Exception as exc:  # the engine's contract is CrdsFsError; keep the envelope clean
