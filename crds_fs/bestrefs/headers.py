@@ -442,11 +442,18 @@ def _fits_header(
                 needed = needed_keys_for(parkeys, find_instrument(header))
                 if needed is not None and _wants_model_paths(needed):
                     needed = with_fits_aliases(needed, header)
-            if needed is not None and all(key in header for key in needed):
+            if needed is not None and _complete(header, needed):
                 break
     if index == -1:
         raise DatasetError(f"dataset {path} has no FITS header at all; is it a FITS file?")
     return _limit(header, needed)
+
+
+def _complete(header: Mapping[str, str], needed: frozenset[str]) -> bool:
+    """Every needed key is there (of the instrument keys, one naming an instrument is
+    enough: a FITS file never has all the data-model spellings)."""
+    return find_instrument(header) is not None and all(
+        key in header for key in needed if key not in INSTRUMENT_KEYS)
 
 
 def _fits_headers(stream: BinaryIO, path: Path, limits: HeaderLimits,
