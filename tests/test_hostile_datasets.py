@@ -371,7 +371,11 @@ def test_slow_header_gives_eio_and_never_blocks_the_rest(mounter, server, demo_r
     assert wait_until(lambda: _answer_or_none(mount, "slow_raw") is not None, BOUND_S)
     document = view(mount, "slow_raw")
     assert document["error"] is None and document["header"]["INSTRUME"] == "ACS"
-    # SIGTERM ends the daemon and takes the mount down.
+    # SIGTERM ends the daemon and takes the mount down, even while a header is being read.
+    shutil.copy(folder / "slow_raw.fits", folder / "slow2_raw.fits")
+    assert wait_until(lambda: "slow2_raw" in os.listdir(mount.path("bestrefs")), BOUND_S)
+    with pytest.raises(OSError):
+        (mount.path("bestrefs", "slow2_raw", "bestrefs.json")).read_text()
     mount.kill(15)
     assert not pid_alive(mount.pid)
     assert wait_until(lambda: not os.path.ismount(mount.mountpoint), BOUND_S)
