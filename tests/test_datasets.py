@@ -91,6 +91,58 @@ def test_fits_reads_headers_not_data(tmp_path: Path) -> None:
         _ = hdul[1].data.sum()  # the data really is gone
 
 
+def astropy_union(path: Path) -> dict[str, str]:
+    """The header union as astropy's fits.open gives it (the reference for our reader)."""
+    from astropy.io.fits.card import Undefined
+
+    header: dict[str, str] = {}
+    with fits.open(path, lazy_load_hdus=True) as hdul:
+        index = 0
+        while True:
+            try:
+                hdu = hdul[index]
+            except IndexError:
+                break
+            except (OSError, ValueError):
+                if index == 0:
+                    raise
+                break
+            for card in hdu.header.cards:
+                key = str(card.keyword).upper()
+                if key not in ("", "COMMENT", "HISTORY") and key not in header:
+                    header[key] = "UNDEFINED" if isinstance(card.value, Undefined) else str(
+                        card.value)
+            index += 1
+    return header
+
+
+def _damaged(data: bytes, card: int, image: bytes) -> bytes:
+    return data[: card * 80] + image.ljust(80) + data[card * 80 + 80:]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_fits_headers_as_astropy_reads_them(tmp_path: Path) -> None:
+    """Our bounded block reader finds the same cards as astropy's fits.open, also for the
+    oddities astropy tolerates: an END card with junk after it, non-ASCII bytes, an
+    END-like card that is not one, zero padding after the last HDU, a truncated file."""
+    path = write_fits(tmp_path / "good_raw.fits", ACS, {"LTV1": 24.0, "CCDCHIP": 1},
+                      shape=(8, 8))
+    good = path.read_bytes()
+    primary_end = good.index(b"END" + b" " * 77)
+    end_card = primary_end // 80
+    variants = {
+        "plain": good,
+        "junk after END": _damaged(good, end_card, b'END   "junk'),
+        "END-like card": _damaged(good, end_card - 1, b"END     SOMETHING"),
+        "non-ASCII byte": good[:200] + b"\xe9" + good[201:],
+        "zero padding": good + b"\0" * 2880 * 2,
+        "truncated": good[: len(good) - 1000],
+    }
+    for name, data in variants.items():
+        path.write_bytes(data)
+        assert ds.read_header(path, None, require_instrument=False) == astropy_union(path), name
+
+
 def test_fits_jwst_keeps_keywords_of_needed_model_paths(tmp_path: Path) -> None:
     path = write_fits(tmp_path / "jw_uncal.fits",
                       {"INSTRUME": "NIRCAM", "DETECTOR": "NRCB2", "EXP_TYPE": "NRC_IMAGE"})

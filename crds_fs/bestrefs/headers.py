@@ -413,7 +413,10 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
 
 FITS_BLOCK = 2880
 _CARD = 80
-_END_CARD = b"END" + b" " * 5
+#: An END card as astropy recognises one (astropy.io.fits.header.HEADER_END_RE): "END"
+#: then blanks, or then blanks and a character no keyword has ("invalid", used anyway).
+_END_RE = re.compile(rb"(?:(?P<valid>END {77}) *)|(?P<invalid>END$|END {0,76}[^A-Z0-9_-])")
+_END_CARD = b"END".ljust(_CARD)
 _GZIP_MAGIC = b"\x1f\x8b"
 #: bytes read per step when skipping the data of a compressed (.gz) file
 _SKIP_CHUNK = 1 << 20
@@ -438,6 +441,8 @@ def _fits_header(
         warnings.simplefilter("ignore")
         for index, hdu_header in _fits_headers(stream, path, limits, deadline):
             _merge_cards(header, hdu_header, path, index)
+            if index == 1:
+                header["EXTEND"] = "True"  # as astropy's fits.open sets it (update_extend)
             if index == 0:
                 needed = needed_keys_for(parkeys, find_instrument(header))
                 if needed is not None and _wants_model_paths(needed):
@@ -460,94 +465,198 @@ def _fits_headers(stream: BinaryIO, path: Path, limits: HeaderLimits,
                   deadline: float) -> Iterator[tuple[int, Any]]:
     """(index, astropy Header) of each HDU, read block by block within *limits*.
 
-    Only 2880-byte header blocks are read, up to the END card; astropy parses just those
-    bytes (`Header.fromstring`), and the data unit that follows is skipped by its size from
-    the header (FITS standard 4.4.1), so a 10 GB file costs a seek.  A damaged or truncated
+    Only 2880-byte header blocks are read, up to the END card (found as astropy's
+    fits.open finds it, see `_read_header_text`); astropy parses just those bytes
+    (`Header.fromstring`), and the data unit that follows is skipped by its size from the
+    header (FITS standard 4.4.1), so a 10 GB file costs a seek.  A damaged or truncated
     extension ends the walk with a warning (the headers before it are still good); a
     damaged primary header, or any limit, is an error naming the file.
     """
     from astropy.io import fits
 
-    magic = stream.read(2)
-    if magic == _GZIP_MAGIC:
-        stream.seek(0)
-        stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
-        seekable = False
-    else:
-        stream.seek(0)
-        seekable = True
-    total_bytes = total_cards = 0
+    blocks = _Blocks(stream)
+    budget = _Budget(path, limits, deadline)
     for index in itertools.count():
-        blocks: list[bytes] = []
-        while True:
-            _check_deadline(deadline, path, limits, "its FITS headers")
-            try:
-                block = _read_exactly(stream, FITS_BLOCK)
-            except (OSError, EOFError, zlib.error) as exc:
-                if index == 0:
-                    raise DatasetError(f"cannot read dataset {path}: {exc}") from None
-                log.warning("dataset %s: stopped reading at extension %d: %s", path, index, exc)
-                return
-            if not blocks:
-                if not block and index > 0:
-                    return  # the end of the file: every HDU was read
-                if index >= limits.max_hdus:
-                    raise limits.exceeded(path, "the number of HDUs", "max_hdus")
-                expected = b"SIMPLE  =" if index == 0 else b"XTENSION="
-                if not block.startswith(expected):
-                    if index == 0:
-                        raise DatasetError(
-                            f"dataset {path} is not a FITS file: it does not start with a "
-                            "SIMPLE card")
-                    log.warning("dataset %s: stopped reading at extension %d: no XTENSION "
-                                "card where the next header should start", path, index)
-                    return
-            if len(block) < FITS_BLOCK:
-                if index == 0:
-                    raise DatasetError(
-                        f"dataset {path}: the primary FITS header has no END card (the file "
-                        f"ends after {total_bytes + len(block)} header bytes); is the file "
-                        "complete?")
-                log.warning("dataset %s: stopped reading at extension %d: the file ends "
-                            "inside its header (truncated?)", path, index)
-                return
-            total_bytes += FITS_BLOCK
-            if total_bytes > limits.max_bytes:
-                raise limits.exceeded(path, "the size of its FITS headers", "max_bytes",
-                                      hint=" (a header without END card?)")
-            cards = _cards_until_end(block)
-            total_cards += cards if cards is not None else FITS_BLOCK // _CARD
-            if total_cards > limits.max_cards:
-                raise limits.exceeded(path, "the number of its FITS header cards", "max_cards",
-                                      hint=" (a header without END card?)")
-            blocks.append(block)
-            if cards is not None:
-                break
         try:
-            header = fits.Header.fromstring(b"".join(blocks))
+            text = _read_header_text(blocks, index, budget)
+        except (OSError, EOFError, zlib.error) as exc:
+            if index == 0:
+                raise DatasetError(f"cannot read dataset {path}: {exc}") from None
+            log.warning("dataset %s: stopped reading at extension %d: %s", path, index, exc)
+            return
+        except _StopWalk as stop:
+            log.warning("dataset %s: stopped reading at extension %d: %s", path, index, stop)
+            return
+        except _EndOfFile:
+            return
+        if text is None:
+            return  # the end of the file: every HDU was read
+        try:
+            header = fits.Header.fromstring(text)
         except Exception as exc:  # noqa: BLE001 - astropy raises several types for bad cards
             if index == 0:
                 raise DatasetError(f"dataset {path}: unreadable primary FITS header: "
                                    f"{type(exc).__name__}: {exc}") from None
             log.warning("dataset %s: stopped reading at extension %d: %s", path, index, exc)
             return
+        try:
+            size = _data_size(header)
+        except Exception as exc:  # noqa: BLE001 - astropy could not build this HDU either
+            if index == 0:
+                raise DatasetError(f"dataset {path}: unreadable primary FITS header: "
+                                   f"{type(exc).__name__}: {exc}") from None
+            log.warning("dataset %s: stopped reading at extension %d: %s", path, index, exc)
+            return
         yield index, header
-        size = _data_size(header)
         if size is None:
             log.warning("dataset %s: HDU %d: data size unknown (bad BITPIX/NAXISn/PCOUNT/"
                         "GCOUNT); later extensions are not read", path, index)
             return
-        if seekable:
-            stream.seek(size, os.SEEK_CUR)
-        elif not _skip(stream, size, deadline, path, limits):
+        if not blocks.skip(size, budget):
             return
 
 
-def _cards_until_end(block: bytes) -> int | None:
-    """Cards of *block* up to and including its END card, or None when it has none."""
-    for position in range(0, FITS_BLOCK, _CARD):
-        if block[position: position + 8] == _END_CARD:
-            return position // _CARD + 1
+class _StopWalk(Exception):
+    """An extension that cannot be read: the walk ends (with a warning) before it."""
+
+
+class _EndOfFile(Exception):
+    """Nothing but padding where the next HDU would start: every HDU was read."""
+
+
+class _Budget:
+    """What one file's header reading may still spend (bytes, cards, HDUs, time)."""
+
+    def __init__(self, path: Path, limits: HeaderLimits, deadline: float) -> None:
+        self.path = path
+        self.limits = limits
+        self.deadline = deadline
+        self.bytes = 0
+        self.cards = 0
+
+    def check_time(self, what: str = "its FITS headers") -> None:
+        _check_deadline(self.deadline, self.path, self.limits, what)
+
+    def spend(self, block: bytes) -> None:
+        """Account one header block read."""
+        self.bytes += len(block)
+        if self.bytes > self.limits.max_bytes:
+            raise self.limits.exceeded(self.path, "the size of its FITS headers", "max_bytes",
+                                       hint=" (a header without END card?)")
+        self.cards += -(-len(block) // _CARD)
+        if self.cards > self.limits.max_cards:
+            raise self.limits.exceeded(self.path, "the number of its FITS header cards",
+                                       "max_cards", hint=" (a header without END card?)")
+
+
+class _Blocks:
+    """2880-byte blocks of a FITS file (gzip-compressed or not), with push-back; data
+    units are skipped by seeking (plain files) or by reading past them (gzip)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        magic = stream.read(2)
+        stream.seek(0)
+        self.seekable = magic != _GZIP_MAGIC
+        self.stream: BinaryIO = (stream if self.seekable else  # type: ignore[assignment]
+                                 gzip.GzipFile(fileobj=stream, mode="rb"))
+        self.pending: list[bytes] = []
+
+    def read(self) -> bytes:
+        if self.pending:
+            return self.pending.pop(0)
+        return _read_exactly(self.stream, FITS_BLOCK)
+
+    def push_back(self, blocks: list[bytes]) -> None:
+        self.pending[:0] = blocks
+
+    def skip(self, size: int, budget: _Budget) -> bool:
+        """Move past *size* bytes of data; False when the file ends first."""
+        while size > 0 and self.pending:
+            size -= len(self.pending.pop(0))
+        if size <= 0:
+            return True
+        if self.seekable:
+            self.stream.seek(size, os.SEEK_CUR)
+            return True
+        while size > 0:
+            budget.check_time("past the data of its HDUs")
+            chunk = self.stream.read(min(size, _SKIP_CHUNK))
+            if not chunk:
+                return False
+            size -= len(chunk)
+        return True
+
+
+def _read_header_text(blocks: _Blocks, index: int, budget: _Budget) -> str | None:
+    """The text of HDU *index*'s header, found as astropy's fits.open finds it; None at
+    the end of the file.
+
+    astropy first tries its fast parser (the exact END card, whole ASCII blocks) and, when
+    that fails, reads the header again with `Header.fromfile`'s rules: an END card may be
+    followed by junk (`_END_RE`), non-ASCII bytes become '?', a short last block counts.
+    Both are done here on the same blocks, read once and within *budget*.
+    """
+    read: list[bytes] = []
+    fast = True
+    while True:
+        budget.check_time()
+        block = blocks.read()
+        if not read:
+            if not block and index > 0:
+                return None
+            _check_first_block(block, index, budget)
+        at_end = len(block) < FITS_BLOCK  # a short block is never part of a header
+        if block:
+            budget.spend(block)
+        if not at_end:
+            read.append(block)
+            if fast and block.isascii():
+                if any(block[pos: pos + _CARD] == _END_CARD
+                       for pos in range(0, FITS_BLOCK, _CARD)):
+                    return b"".join(read).decode("ascii")
+                continue
+        if fast:  # astropy's fallback: look again from the header's first block
+            fast = False
+            found = _fallback_end(read)
+        else:
+            found = None if at_end else _fallback_end(read[-1:], offset=len(read) - 1)
+        if found is not None:
+            last, cleaned = found
+            blocks.push_back(read[last + 1:] + ([block] if at_end and block else []))
+            used = [*read[:last], cleaned]
+            return b"".join(used).decode("ascii", errors="replace").replace("\ufffd", "?")
+        if at_end:
+            if index == 0:
+                raise DatasetError(
+                    f"dataset {budget.path}: the primary FITS header has no END card (the "
+                    f"file ends after {budget.bytes} header bytes); is the file complete?")
+            raise _StopWalk("the file ends inside its header (truncated?)")
+
+
+def _check_first_block(block: bytes, index: int, budget: _Budget) -> None:
+    if index >= budget.limits.max_hdus:
+        raise budget.limits.exceeded(budget.path, "the number of HDUs", "max_hdus")
+    if index == 0:
+        if not block:
+            raise DatasetError(f"dataset {budget.path} is empty; is it a FITS file?")
+        if not block.startswith(b"SIMPLE  ="):
+            raise DatasetError(f"dataset {budget.path} is not a FITS file: it does not "
+                               "start with a SIMPLE card")
+    elif not block.strip(b"\0"):
+        raise _EndOfFile  # zero padding after the last HDU, as astropy takes it
+
+
+def _fallback_end(read: list[bytes], offset: int = 0) -> tuple[int, bytes] | None:
+    """(index of the block holding the END card, that block with the card cleaned) under
+    `Header.fromfile`'s rules, or None."""
+    for number, block in enumerate(read):
+        for match in _END_RE.finditer(block):
+            start = match.start()
+            if start % _CARD:
+                continue
+            if match.group("invalid"):
+                block = block[:start] + _END_CARD + block[start + _CARD:]
+            return offset + number, block
     return None
 
 
@@ -555,39 +664,29 @@ def _data_size(header: Any) -> int | None:
     """Bytes of the data unit after *header*, padded to whole blocks; None if unknowable.
 
     FITS standard 4.4.1: |BITPIX| * GCOUNT * (PCOUNT + NAXIS1 * ... * NAXISn) bits, with
-    NAXIS1 = 0 left out of the product for random groups.
+    NAXIS1 = 0 left out of the product for random groups.  Raises when a structural card
+    is missing or unparsable (astropy then cannot build the HDU: it is not used either).
     """
-    try:
-        naxis = int(header.get("NAXIS", 0))
-        bitpix = int(header["BITPIX"])
-        if naxis == 0:
-            return 0
-        if not 0 < naxis <= 999 or bitpix not in (8, 16, 32, 64, -32, -64):
-            return None
-        dims = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
-        if header.get("GROUPS") is True and dims[0] == 0:
-            dims = dims[1:]
-        count = math.prod(dims)
-        gcount = int(header.get("GCOUNT", 1))
-        pcount = int(header.get("PCOUNT", 0))
-    except (KeyError, ValueError, TypeError):
+    naxis = header.get("NAXIS", 0)
+    if naxis == 0:
+        return 0
+    bitpix = header["BITPIX"]
+    if not isinstance(naxis, int) or not isinstance(bitpix, int):
         return None
+    if not 0 < naxis <= 999 or bitpix not in (8, 16, 32, 64, -32, -64):
+        return None
+    values = [header[f"NAXIS{i}"] for i in range(1, naxis + 1)]
+    values += [header.get("GCOUNT", 1), header.get("PCOUNT", 0)]
+    if not all(isinstance(value, int) and value >= 0 for value in values):
+        return None
+    *dims, gcount, pcount = values
+    if header.get("GROUPS") is True and dims[0] == 0:
+        dims = dims[1:]
+    count = math.prod(dims)
     if min(dims, default=0) < 0 or gcount < 0 or pcount < 0:
         return None
     size = abs(bitpix) // 8 * gcount * (pcount + count)
     return -(-size // FITS_BLOCK) * FITS_BLOCK
-
-
-def _skip(stream: BinaryIO, size: int, deadline: float, path: Path,
-          limits: HeaderLimits) -> bool:
-    """Read past *size* bytes of a compressed stream; False at its end."""
-    while size > 0:
-        _check_deadline(deadline, path, limits, "past the data of its HDUs")
-        chunk = stream.read(min(size, _SKIP_CHUNK))
-        if not chunk:
-            return False
-        size -= len(chunk)
-    return True
 
 
 def _wants_model_paths(needed: frozenset[str]) -> bool:
