@@ -415,6 +415,20 @@ def test_serve_datasets_with_hostile_files(serve, demo_root: Path, tmp_path: Pat
 # --- defect 3: -o allow_other and other users ---------------------------------------------------
 
 
+def test_who_may_change_the_mount() -> None:
+    """The namespace's rule, without FUSE: the owner and root may, others may not, and
+    calls made by the mount's own process (no FUSE caller) may."""
+    from crds_fs.namespace.base import Caller, MountEnv, calling_as, may_change_mount
+
+    env = MountEnv(cache=None, observatory="hst", context=CONTEXT, epoch_ns=0,  # type: ignore[arg-type]
+                   uid=1000, gid=1000)
+    assert may_change_mount(env)
+    for uid, allowed in ((1000, True), (0, True), (NOBODY, False), (1001, False)):
+        with calling_as(Caller(uid, uid, 4242)):
+            assert may_change_mount(env) is allowed, uid
+    assert may_change_mount(env)  # the caller is reset after the call
+
+
 def as_nobody(*command: str) -> subprocess.CompletedProcess:
     return subprocess.run(list(command), capture_output=True, text=True, timeout=BOUND_S,
                           user=NOBODY, group=NOBODY, extra_groups=[], cwd="/")
