@@ -336,23 +336,33 @@ def _limit(header: dict[str, str], needed: frozenset[str] | None) -> dict[str, s
 
 _readers_lock = threading.Lock()
 _asdf_ready = False
+_fits_ready = False
 #: The smallest ASDF file: opening it once loads asdf's extensions (seconds, once per
 #: process), so that cost is never charged to a dataset's time limit.
 _ASDF_WARM_UP = (b"#ASDF 1.0.0\n%YAML 1.1\n%TAG ! tag:stsci.edu:asdf/\n"
                  b"--- !core/asdf-1.1.0\n{}\n...\n")
 
 
+def readers_ready(path: str | Path) -> bool:
+    """Whether the library reading *path*'s kind is loaded (reading is then the file's own
+    time; loading it is seconds once per process, whatever the file)."""
+    parts = split_extension(Path(path).name)
+    return _asdf_ready if parts and parts[1].lower() == ".asdf" else _fits_ready
+
+
 def _load_readers(path: Path, is_asdf: bool) -> None:
     """Import astropy.io.fits, or asdf with its extensions loaded (once per process)."""
-    global _asdf_ready
+    global _asdf_ready, _fits_ready
     if not is_asdf:
         from astropy.io import fits  # noqa: F401
+        _fits_ready = True
         return
     if _asdf_ready:
         return
     try:
         import asdf
     except ImportError:
+        _asdf_ready = True  # nothing to wait for: every read says so at once
         raise DatasetError(
             f"dataset {path} is ASDF but the 'asdf' package is not installed; "
             "pip install asdf (or crds-fs[jwst]) to read JWST/Roman datasets"
@@ -367,6 +377,14 @@ def _load_readers(path: Path, is_asdf: bool) -> None:
                 except Exception as exc:  # noqa: BLE001 - reported by the real read
                     log.debug("asdf warm-up failed: %s", exc)
             _asdf_ready = True
+
+
+def warm_up() -> None:
+    """Load the FITS and (when installed) ASDF readers now, e.g. on a background thread of
+    a mount with local datasets, so the first dataset read does not wait for them."""
+    _load_readers(Path("warm-up.fits"), False)
+    with contextlib.suppress(DatasetError):
+        _load_readers(Path("warm-up.asdf"), True)
 
 
 @contextlib.contextmanager

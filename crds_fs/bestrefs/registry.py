@@ -49,6 +49,9 @@ DEFAULT_HEADER_WORKERS = 4
 #: Extra seconds a dataset's answer waits for its neighbours' headers once its own is
 #: read (neighbours not ready by then are skipped: they get their own answer later).
 NEIGHBOUR_GRACE = 2.0
+#: Longest a call waits for the header libraries to load (once per process) on top of
+#: the header wait.
+READERS_WAIT = 120.0
 _KEY = "bestrefs:"
 
 
@@ -251,6 +254,10 @@ class BestrefsView:
         self._poller: threading.Thread | None = None
         if options.datasets is not None and not Path(options.datasets).is_dir():
             raise ConfigError(f"--datasets {options.datasets}: not a folder")
+        if options.datasets is not None or self.registered():
+            # astropy/asdf set-up takes seconds: not inside the first filesystem call's wait
+            threading.Thread(target=ds.warm_up, daemon=True,
+                             name="crds-fs-headers-warm-up").start()
         if options.follow_operational and cache.online:
             self._poller = threading.Thread(target=self._poll_loop, daemon=True,
                                             name="crds-fs-bestrefs-context")
@@ -513,7 +520,7 @@ class BestrefsView:
                 headers[dataset.name] = found
         wanted = batch[0]
         deadline = time.monotonic() + self.options.header_wait
-        if wanted.name in jobs and not jobs[wanted.name][1].wait(deadline):
+        if wanted.name in jobs and not self._wait_for(jobs[wanted.name][1], wanted, deadline):
             path = wanted.path
             log.warning("bestrefs/%s: reading the header of %s takes longer than %.1f s "
                         "(CRDS_FS_HEADER_WAIT); answering EIO, reading goes on", wanted.name,
@@ -537,6 +544,20 @@ class BestrefsView:
                 failed[name] = Answer(dataset, context, self._engine_name(),
                                       error=f"{type(exc).__name__}: {exc}")
         return headers, failed
+
+    def _wait_for(self, job: _Job, dataset: Dataset, deadline: float) -> bool:
+        """Wait for *job* until *deadline*; time the process spends loading astropy/asdf
+        (seconds, once, whatever the file; at most READERS_WAIT) does not count."""
+        started = time.monotonic()
+        while not job.wait(min(deadline, time.monotonic() + 0.5)):
+            now = time.monotonic()
+            loading = (dataset.path is not None and not ds.readers_ready(dataset.path)
+                       and now - started < READERS_WAIT)
+            if loading:
+                deadline = now + self.options.header_wait
+            elif now >= deadline:
+                return False
+        return True
 
     def _prefetch_mappings(self, context: str) -> None:
         """Cache the context's mappings in the background (once per context) while the
