@@ -358,7 +358,7 @@ def test_slow_header_gives_eio_and_never_blocks_the_rest(mounter, server, demo_r
     many = {f"K{i:07d}": i for i in range(49_000)}
     (folder / "slow_raw.fits").write_bytes(header_unit(cards(**PRIMARY, **many)))
     mount = mounter(server.url, "--datasets", str(folder),
-                    env={"CRDS_FS_HEADER_WAIT": "0.05"})
+                    env={"CRDS_FS_HEADER_WAIT": "0.05", "CRDS_FS_HEADER_TIMEOUT": "600"})
     with pytest.raises(OSError) as info:
         (mount.path("bestrefs", "slow_raw", "bestrefs.json")).read_text()
     assert info.value.errno == errno.EIO

@@ -192,7 +192,7 @@ class HeaderLimits:
     #: FITS: HDUs whose headers are read per file
     max_hdus: int = 1000
     #: seconds one file's header reading may take (checked between blocks / YAML events)
-    max_seconds: float = 10.0
+    max_seconds: float = 30.0
     #: ASDF: bytes of the YAML tree (everything before the binary blocks)
     asdf_max_bytes: int = 4 << 20
     #: ASDF: YAML nodes of the tree, every alias counted as a full copy of its anchor
