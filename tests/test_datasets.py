@@ -91,6 +91,58 @@ def test_fits_reads_headers_not_data(tmp_path: Path) -> None:
         _ = hdul[1].data.sum()  # the data really is gone
 
 
+def astropy_union(path: Path) -> dict[str, str]:
+    """The header union as astropy's fits.open gives it (the reference for our reader)."""
+    from astropy.io.fits.card import Undefined
+
+    header: dict[str, str] = {}
+    with fits.open(path, lazy_load_hdus=True) as hdul:
+        index = 0
+        while True:
+            try:
+                hdu = hdul[index]
+            except IndexError:
+                break
+            except (OSError, ValueError):
+                if index == 0:
+                    raise
+                break
+            for card in hdu.header.cards:
+                key = str(card.keyword).upper()
+                if key not in ("", "COMMENT", "HISTORY") and key not in header:
+                    header[key] = "UNDEFINED" if isinstance(card.value, Undefined) else str(
+                        card.value)
+            index += 1
+    return header
+
+
+def _damaged(data: bytes, card: int, image: bytes) -> bytes:
+    return data[: card * 80] + image.ljust(80) + data[card * 80 + 80:]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_fits_headers_as_astropy_reads_them(tmp_path: Path) -> None:
+    """Our bounded block reader finds the same cards as astropy's fits.open, also for the
+    oddities astropy tolerates: an END card with junk after it, non-ASCII bytes, an
+    END-like card that is not one, zero padding after the last HDU, a truncated file."""
+    path = write_fits(tmp_path / "good_raw.fits", ACS, {"LTV1": 24.0, "CCDCHIP": 1},
+                      shape=(8, 8))
+    good = path.read_bytes()
+    primary_end = good.index(b"END" + b" " * 77)
+    end_card = primary_end // 80
+    variants = {
+        "plain": good,
+        "junk after END": _damaged(good, end_card, b'END   "junk'),
+        "END-like card": _damaged(good, end_card - 1, b"END     SOMETHING"),
+        "non-ASCII byte": good[:200] + b"\xe9" + good[201:],
+        "zero padding": good + b"\0" * 2880 * 2,
+        "truncated": good[: len(good) - 1000],
+    }
+    for name, data in variants.items():
+        path.write_bytes(data)
+        assert ds.read_header(path, None, require_instrument=False) == astropy_union(path), name
+
+
 def test_fits_jwst_keeps_keywords_of_needed_model_paths(tmp_path: Path) -> None:
     path = write_fits(tmp_path / "jw_uncal.fits",
                       {"INSTRUME": "NIRCAM", "DETECTOR": "NRCB2", "EXP_TYPE": "NRC_IMAGE"})
@@ -138,6 +190,76 @@ def test_asdf_meta_flattened(tmp_path: Path) -> None:
                              {"wfi": ["ROMAN.META.INSTRUMENT.DETECTOR"]})
     assert limited == {"ROMAN.META.INSTRUMENT.NAME": "WFI",
                        "ROMAN.META.INSTRUMENT.DETECTOR": "WFI01"}
+
+
+def test_asdf_values_as_crds_data_file_reads_them(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every value crds 14.0.3's own `data_file.get_header` returns for an ASDF tree, we
+    return the same (times: UTC seconds without fraction, whatever the scale; datetimes
+    with microseconds; lists as tuples of strings); keys crds suppresses (arrays, None) and
+    asdf's bookkeeping (asdf_library, history) are left out."""
+    asdf = pytest.importorskip("asdf")
+    monkeypatch.setenv("CRDS_PATH", str(tmp_path / "crds"))
+    monkeypatch.setenv("CRDS_MODE", "local")
+    data_file = pytest.importorskip("crds.data_file")
+    import datetime
+
+    from astropy.time import Time
+
+    exposure = {"start_time": Time("2026-10-15T08:30:00.123"),
+                "tt": Time("2020-01-01T00:00:00.5", scale="tt"),
+                "mjd": Time(59000.25, format="mjd"),
+                "when": datetime.datetime(2020, 1, 1, 0, 0, 0, 123000),
+                "flag": True, "count": np.int64(3), "ratio": np.float64(1.5), "none": None,
+                "items": [1, "a", [2.5, None]], "empty": [], "complex": 1 + 2j}
+    tree = {"roman": {"meta": {"instrument": {"name": "WFI"}, "exposure": exposure},
+                      "data": np.zeros((4, 4), dtype="f4")}}
+    path = tmp_path / "t_wfi01_uncal.asdf"
+    asdf.AsdfFile(tree).write_to(path)
+    crds_header = data_file.get_header(str(path))
+    ours = ds.read_header(path)
+    assert ours["ROMAN.META.EXPOSURE.START_TIME"] == "2026-10-15T08:30:00"
+    assert ours["ROMAN.META.EXPOSURE.TT"] == "2019-12-31T23:58:51"
+    assert ours["ROMAN.META.EXPOSURE.WHEN"] == "2020-01-01T00:00:00.123000"
+    assert {key: crds_header[key] for key in ours} == ours
+    left_out = set(crds_header) - set(ours)
+    assert left_out == {key for key, value in crds_header.items()
+                        if value.startswith("SUPRESSED_NONSTD_TYPE")
+                        or key.startswith(("ASDF_LIBRARY.", "HISTORY")) or key == "FILE_FORMAT"}
+
+
+@pytest.mark.shared
+def test_roman_datasets_read_as_crds_reads_them(shared_data: Path) -> None:
+    """The 4 Roman exposures of the shared cases (three written by roman_datamodels with
+    astropy Times, one plain): headers equal crds' (`header` and every value of
+    `crds_header` we keep), and the engine's answers from them equal crds' `expected`."""
+    pytest.importorskip("asdf")
+    from crds_fs.bestrefs.sources import cache_root_source
+
+    folder = shared_data / "cases" / "roman-datasets"
+    cases = json.loads((folder / "expected.json").read_text())
+    assert len(cases) == 4
+    source = cache_root_source(shared_data, "roman")
+    compared = 0
+    for name, case in cases.items():
+        path = folder / name
+        assert ds.read_header(path, list(case["header"])) == case["header"], name
+        kept = {key: value for key, value in case["crds_header"].items()
+                if not value.startswith("SUPRESSED_NONSTD_TYPE")
+                and not key.startswith(("ASDF_LIBRARY.", "HISTORY")) and key != "FILE_FORMAT"}
+        assert ds.read_header(path) == kept, name
+        for context_name, expected in case["expected"].items():
+            try:  # roman_0007.pmap: ChecksumError already when loading, as in crds
+                context = source.load_context(context_name)
+                header = ds.read_header(path, context.required_parkeys())
+                answer: object = context.best_references(header, bad_files=source.bad_files)
+            except Exception as exc:  # noqa: BLE001 - crds' whole-call errors, by name
+                answer = f"{getattr(exc, 'crds_name', type(exc).__name__)}: {exc}"
+            assert answer == expected, (name, context_name)
+            compared += 1
+    start = cases["r0000101001001001001_0001_wfi01_grism_uncal.asdf"]["header"]
+    assert start["ROMAN.META.EXPOSURE.START_TIME"] == "2026-10-15T08:30:00"  # not .123
+    assert compared == 12
 
 
 def test_broken_asdf_is_a_dataset_error(tmp_path: Path) -> None:

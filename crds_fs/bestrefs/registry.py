@@ -10,12 +10,14 @@ from `crds_fs.bestrefs.resolver.BestrefsResolver`.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import os
+import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,16 @@ log = logging.getLogger(__name__)
 #: Answers computed in one go when a dataset of the view is first needed (its neighbours
 #: from the same folder ride along in the same RPC: `ls -l bestrefs/*/` costs one call).
 DEFAULT_PREFETCH = 256
+#: Seconds a filesystem call waits for dataset headers (CRDS_FS_HEADER_WAIT).
+DEFAULT_HEADER_WAIT = 15.0
+#: Threads reading dataset headers for one mount.
+DEFAULT_HEADER_WORKERS = 4
+#: Extra seconds a dataset's answer waits for its neighbours' headers once its own is
+#: read (neighbours not ready by then are skipped: they get their own answer later).
+NEIGHBOUR_GRACE = 2.0
+#: Longest a call waits for the header libraries to load (once per process) on top of
+#: the header wait.
+READERS_WAIT = 120.0
 _KEY = "bestrefs:"
 
 
@@ -58,17 +70,114 @@ class ViewOptions:
     #: follow the server's operational context (mounts started with --context operational)
     follow_operational: bool = False
     prefetch: int = DEFAULT_PREFETCH
+    #: seconds a filesystem call waits for header reading before answering EIO (the
+    #: reading goes on in the background and its result is kept for the next call)
+    header_wait: float = DEFAULT_HEADER_WAIT
+    #: threads reading dataset headers (never the FUSE threads themselves)
+    header_workers: int = DEFAULT_HEADER_WORKERS
 
     @classmethod
     def from_env(cls) -> ViewOptions:
-        """Options from CRDS_FS_BESTREFS_ENGINE / CRDS_FS_DATASETS / CRDS_FS_BESTREFS_POLL."""
+        """Options from CRDS_FS_BESTREFS_ENGINE / CRDS_FS_DATASETS / CRDS_FS_BESTREFS_POLL /
+        CRDS_FS_HEADER_WAIT."""
         datasets = os.environ.get("CRDS_FS_DATASETS")
-        try:
-            poll = float(os.environ.get("CRDS_FS_BESTREFS_POLL") or 60.0)
-        except ValueError:
-            raise ConfigError("CRDS_FS_BESTREFS_POLL must be a number of seconds") from None
         return cls(engine=os.environ.get("CRDS_FS_BESTREFS_ENGINE") or "auto",
-                   datasets=Path(datasets) if datasets else None, poll=poll)
+                   datasets=Path(datasets) if datasets else None,
+                   poll=_env_seconds("CRDS_FS_BESTREFS_POLL", 60.0),
+                   header_wait=_env_seconds("CRDS_FS_HEADER_WAIT", DEFAULT_HEADER_WAIT))
+
+
+def _env_seconds(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
+class HeaderTimeoutError(DatasetError):
+    """Header reading did not finish within the wait of a filesystem call (EIO)."""
+
+
+class HeaderWork:
+    """Header reading on worker threads of its own, never on the threads answering FUSE.
+
+    A FUSE thread that read a hostile file itself could hang with it (and one dataset's
+    answer reads its neighbours' headers too); here callers wait for a job with a deadline
+    and move on.  The same key (file version) is read by one job at a time, so a stuck file
+    ties up at most one worker however often it is asked for.  Workers are daemon threads:
+    a stuck one never keeps the process from exiting (SIGTERM, unmount).
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, _Job]] = queue.PriorityQueue()
+        self._jobs: dict[Any, _Job] = {}
+        self._lock = threading.Lock()
+        self._order = itertools.count()
+        self._threads = [threading.Thread(target=self._run, daemon=True,
+                                          name=f"crds-fs-headers-{n}")
+                         for n in range(max(1, workers))]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, key: Any, work: Callable[[], Any], *, urgent: bool = False) -> _Job:
+        """The job computing *key* (an existing unfinished one, or a new one).
+
+        *urgent* jobs (the dataset a call asks about) go before queued neighbours; a queued
+        job asked for urgently is queued again in front (the worker skips the stale entry).
+        """
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None:
+                job = self._jobs[key] = _Job(key, work)
+            elif not urgent or job.urgent or job.started:
+                return job
+            job.urgent = job.urgent or urgent
+            self._queue.put((0 if urgent else 1, next(self._order), job))
+            return job
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()[2]
+            with self._lock:
+                if job.started:
+                    continue
+                job.started = True
+            try:
+                job.result = job.work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                job.error = exc
+            finally:
+                with self._lock:
+                    self._jobs.pop(job.key, None)
+                job.done.set()
+
+
+class _Job:
+    __slots__ = ("key", "work", "done", "result", "error", "created", "started", "urgent")
+
+    def __init__(self, key: Any, work: Callable[[], Any]) -> None:
+        self.key = key
+        self.work = work
+        self.created = time.monotonic()
+        self.started = False
+        self.urgent = False
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def wait(self, deadline: float) -> bool:
+        return self.done.wait(max(0.0, deadline - time.monotonic()))
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 @dataclass(frozen=True)
@@ -135,6 +244,7 @@ class BestrefsView:
         self._lock = threading.RLock()
         self._answers: dict[tuple[str, str], tuple[Any, Answer]] = {}
         self._headers: dict[tuple[str, Any], dict[str, str] | DatasetError] = {}
+        self._work = HeaderWork(options.header_workers)
         self._missing_ids: dict[str, float] = {}
         self._folder: dict[str, Path] = {}
         self._folder_scanned = -1.0e9
@@ -144,6 +254,10 @@ class BestrefsView:
         self._poller: threading.Thread | None = None
         if options.datasets is not None and not Path(options.datasets).is_dir():
             raise ConfigError(f"--datasets {options.datasets}: not a folder")
+        if options.datasets is not None or self.registered():
+            # astropy/asdf set-up takes seconds: not inside the first filesystem call's wait
+            threading.Thread(target=ds.warm_up, daemon=True,
+                             name="crds-fs-headers-warm-up").start()
         if options.follow_operational and cache.online:
             self._poller = threading.Thread(target=self._poll_loop, daemon=True,
                                             name="crds-fs-bestrefs-context")
@@ -303,30 +417,47 @@ class BestrefsView:
         self.db.set(key, header)
         return header
 
-    def _file_header(self, path: Path, context: str) -> dict[str, str]:
+    def _file_header(self, path: Path, context: str, *,
+                     urgent: bool = False) -> dict[str, str] | _Job:
         """Header of a local dataset limited to the context's parameters (memoised per file
-        version); raises DatasetError."""
+        version), or the job reading it; raises DatasetError."""
         try:
             stat = path.stat()
         except OSError as exc:
             raise DatasetError(f"dataset file {path} is gone: {exc.strerror}") from None
-        key = (context, (str(path), stat.st_size, stat.st_mtime_ns))
+        version = (str(path), stat.st_size, stat.st_mtime_ns)
+        key = (context, version)
         cached = self._headers.get(key)
         if cached is None:
             stored_key = f"{_KEY}fileheader:{context}:{path}:{stat.st_size}:{stat.st_mtime_ns}"
             cached = self.db.get(stored_key)
+            if cached is not None:
+                self._remember(key, cached)
         if cached is None:
-            try:
-                cached = ds.read_header(path, self.resolver.required_parkeys(context))
-                self.db.set(stored_key, cached, expire=30 * 86400)
-            except DatasetError as exc:
-                cached = exc
-            if len(self._headers) > 10000:
-                self._headers.clear()
-            self._headers[key] = cached
+            parkeys = self.resolver.required_parkeys(context)
+            return self._work.submit(
+                key, lambda: self._read_header(key, path, parkeys, stored_key), urgent=urgent)
         if isinstance(cached, DatasetError):
             raise cached
         return cached
+
+    def _read_header(self, key: tuple[str, Any], path: Path, parkeys: Any,
+                     stored_key: str) -> dict[str, str]:
+        """On a header worker: read, then remember (errors too, per file version)."""
+        try:
+            header = ds.read_header(path, parkeys)
+        except DatasetError as exc:
+            log.warning("bestrefs/: %s", exc)
+            self._remember(key, exc)
+            raise
+        self.db.set(stored_key, header, expire=30 * 86400)
+        self._remember(key, header)
+        return header
+
+    def _remember(self, key: tuple[str, Any], value: dict[str, str] | DatasetError) -> None:
+        if len(self._headers) > 10000:
+            self._headers.clear()
+        self._headers[key] = value
 
     def _stamp(self, dataset: Dataset) -> Any:
         if dataset.path is None:
@@ -346,19 +477,87 @@ class BestrefsView:
         cached = self._answers.get((context, dataset.name))
         if cached is not None and cached[0] == stamp:
             return cached[1]
+        # Headers are gathered without the lock (a slow file must not hold up calls about
+        # other datasets); deciding, and storing the answers, happens under it.
+        batch = [dataset, *self._neighbours(dataset, context)]
+        headers, failed = self._gather(context, batch)
         with self._lock:
             cached = self._answers.get((context, dataset.name))
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-            batch = [dataset, *self._neighbours(dataset, context)]
             self._prefetch_mappings(context)
-            for answer in self._compute(context, batch):
+            batch = [d for n, d in enumerate(batch) if (d.name in headers or d.name in failed)
+                     and (n == 0 or (context, d.name) not in self._answers)]
+            for answer in self._compute(context, batch, headers, failed):
                 if context == self._context:
                     self._answers[(context, answer.dataset.name)] = (
                         self._stamp(answer.dataset), answer)
                 if answer.dataset.name == dataset.name:
                     result = answer
             return result
+
+    def _gather(self, context: str, batch: list[Dataset]
+                ) -> tuple[dict[str, dict[str, str]], dict[str, Answer]]:
+        """Headers of *batch* ({name: header}) and answers of those that failed.
+
+        The first dataset is the one asked for: its header is waited for up to
+        `ViewOptions.header_wait` (then HeaderTimeoutError, EIO); neighbours only while it
+        is read plus `NEIGHBOUR_GRACE` — a neighbour not ready by then is left out.
+        """
+        headers: dict[str, dict[str, str]] = {}
+        failed: dict[str, Answer] = {}
+        jobs: dict[str, tuple[Dataset, _Job]] = {}
+        for number, dataset in enumerate(batch):
+            try:
+                found = self._header(dataset, context, urgent=number == 0)
+            except CrdsFsError as exc:
+                failed[dataset.name] = Answer(dataset, context, self._engine_name(),
+                                              error=str(exc))
+                continue
+            if isinstance(found, _Job):
+                jobs[dataset.name] = (dataset, found)
+            else:
+                headers[dataset.name] = found
+        wanted = batch[0]
+        deadline = time.monotonic() + self.options.header_wait
+        if wanted.name in jobs and not self._wait_for(jobs[wanted.name][1], wanted, deadline):
+            path = wanted.path
+            log.warning("bestrefs/%s: reading the header of %s takes longer than %.1f s "
+                        "(CRDS_FS_HEADER_WAIT); answering EIO, reading goes on", wanted.name,
+                        path, self.options.header_wait)
+            raise HeaderTimeoutError(
+                f"bestrefs/{wanted.name}: reading the header of {path} takes longer than "
+                f"{self.options.header_wait:g} s (CRDS_FS_HEADER_WAIT); try again later")
+        for name, (dataset, job) in jobs.items():
+            # a neighbour gets NEIGHBOUR_GRACE from when its reading was asked for: one
+            # asked for long ago (a stuck file) is not waited for again
+            until = min(deadline, job.created + NEIGHBOUR_GRACE)
+            if name != wanted.name and not job.wait(until):
+                log.debug("bestrefs/: %s not read yet; answered on its own later", dataset.path)
+                continue
+            try:
+                headers[name] = job.value()
+            except CrdsFsError as exc:
+                failed[name] = Answer(dataset, context, self._engine_name(), error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - one bad file must not break the mount
+                log.exception("bestrefs/: reading the header of %s failed", dataset.path)
+                failed[name] = Answer(dataset, context, self._engine_name(),
+                                      error=f"{type(exc).__name__}: {exc}")
+        return headers, failed
+
+    def _wait_for(self, job: _Job, dataset: Dataset, deadline: float) -> bool:
+        """Wait for *job* until *deadline*; time the process spends loading astropy/asdf
+        (seconds, once, whatever the file; at most READERS_WAIT) does not count."""
+        started = time.monotonic()
+        while not job.wait(min(deadline, time.monotonic() + 0.5)):
+            now = time.monotonic()
+            loading = (dataset.path is not None and not ds.readers_ready(dataset.path)
+                       and now - started < READERS_WAIT)
+            if loading:
+                deadline = now + self.options.header_wait
+            elif now >= deadline:
+                return False
+        return True
 
     def _prefetch_mappings(self, context: str) -> None:
         """Cache the context's mappings in the background (once per context) while the
@@ -396,18 +595,9 @@ class BestrefsView:
                 others.append(other)
         return others
 
-    def _compute(self, context: str, batch: Iterable[Dataset]) -> list[Answer]:
-        headers: dict[str, dict[str, str]] = {}
+    def _compute(self, context: str, batch: Iterable[Dataset],
+                 headers: dict[str, dict[str, str]], failed: dict[str, Answer]) -> list[Answer]:
         answers: list[Answer] = []
-        failed: dict[str, Answer] = {}
-        pending: list[Dataset] = []
-        for dataset in batch:
-            try:
-                headers[dataset.name] = self._header(dataset, context)
-                pending.append(dataset)
-            except CrdsFsError as exc:
-                failed[dataset.name] = Answer(dataset, context, self._engine_name(),
-                                              error=str(exc))
         try:
             outcomes = self.resolver.best_references(context, headers) if headers else {}
         except Exception as exc:  # noqa: BLE001 - one bad answer must not break the mount
@@ -425,9 +615,10 @@ class BestrefsView:
     def _engine_name(self) -> str:
         return "remote" if self.resolver.use_remote() else "local"
 
-    def _header(self, dataset: Dataset, context: str) -> dict[str, str]:
+    def _header(self, dataset: Dataset, context: str, *,
+                urgent: bool = False) -> dict[str, str] | _Job:
         if dataset.path is not None:
-            return self._file_header(dataset.path, context)
+            return self._file_header(dataset.path, context, urgent=urgent)
         header = self._id_header(dataset.name)
         if header is None:
             raise DatasetError(f"dataset ID {dataset.name} is not known to the server "
@@ -463,4 +654,5 @@ class FileExistsDatasetError(DatasetError):
     errno = errno.EEXIST
 
 
-__all__ = ["Answer", "BestrefsView", "Dataset", "FileExistsDatasetError", "ViewOptions"]
+__all__ = ["Answer", "BestrefsView", "Dataset", "FileExistsDatasetError", "HeaderTimeoutError",
+           "HeaderWork", "ViewOptions"]

@@ -28,6 +28,7 @@ import mfusepy
 
 from ..errors import CrdsFsError, MountError
 from ..namespace import MountSource
+from ..namespace.base import Caller, calling_as
 from .mountinfo import find_mount
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,13 @@ def translate(func: F) -> F:
             raise mfusepy.FuseOSError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def caller() -> Caller:
+    """uid, gid and pid of the process whose request is being answered (libfuse's
+    fuse_get_context); the namespace decides what that caller may do."""
+    uid, gid, pid = mfusepy.fuse_get_context()
+    return Caller(uid, gid, pid)
 
 
 def fill_stat(st: Any, attrs: dict[str, Any]) -> None:
@@ -281,13 +289,15 @@ class CrdsOperations(mfusepy.Operations):
 
     @translate
     def unlink(self, path: str) -> int:
-        self.source.unlink(path)
+        with calling_as(caller()):
+            self.source.unlink(path)
         return 0
 
     @translate
     def symlink(self, target: str, source: str) -> int:
         # mfusepy passes (link path, link content)
-        self.source.symlink(target, source)
+        with calling_as(caller()):
+            self.source.symlink(target, source)
         return 0
 
     @translate

@@ -13,6 +13,8 @@ costs no disk scan and no network.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import stat
 import threading
@@ -84,6 +86,49 @@ class MountEnv:
             "st_uid": self.uid, "st_gid": self.gid,
             "st_atime": t, "st_mtime": t, "st_ctime": t,
         }
+
+
+# --- who is calling ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The process behind a filesystem call (FUSE tells uid, gid and pid of each request)."""
+
+    uid: int
+    gid: int
+    pid: int
+
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("crds_fs_caller",
+                                                                         default=None)
+
+
+@contextlib.contextmanager
+def calling_as(caller: Caller | None) -> Iterator[None]:
+    """Run namespace calls on behalf of *caller* (set by the FUSE glue per request)."""
+    token = _caller.set(caller)
+    try:
+        yield
+    finally:
+        _caller.reset(token)
+
+
+def current_caller() -> Caller | None:
+    """The caller of the filesystem call being answered; None outside FUSE (the mount's
+    own process, tests calling the namespace directly)."""
+    return _caller.get()
+
+
+def may_change_mount(env: MountEnv) -> bool:
+    """Whether the current caller may change the mount's state (register datasets).
+
+    Only the mount's owner (the daemon's uid) and root may: with `-o allow_other` other
+    users see the mount, but letting them make the daemon read files on its own authority
+    would make it a confused deputy.
+    """
+    caller = current_caller()
+    return caller is None or caller.uid in (env.uid, 0)
 
 
 def is_write_open(flags: int) -> bool:

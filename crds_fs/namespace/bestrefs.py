@@ -14,6 +14,11 @@ A registered name is a symlink to `bestrefs/.registered/<name>/` (the kernel req
 entry made by symlink(2) to stay a symlink), so `ls bestrefs/x/`, `cd` and `find -L` see
 the same directory as for the other datasets, and `rm bestrefs/x` is a plain unlink.
 
+Only the mount's owner (the daemon's uid) and root may `ln -s` or `rm` in bestrefs/: with
+`-o allow_other` other users can read everything, but a registration makes the daemon read
+a file on its own authority, so theirs are refused with EACCES before the target is even
+looked at (the FUSE glue passes each request's caller, see namespace.base.current_caller).
+
 All decisions live in crds_fs.bestrefs; this module only maps paths to it.  A dataset
 that cannot be read, or lacks needed keywords, shows a bestrefs.json with the error and no
 symlinks: a failure of one dataset never fails the mount.
@@ -30,6 +35,7 @@ from dataclasses import replace
 from ..bestrefs.registry import Answer, BestrefsView, Dataset, ViewOptions
 from ..bestrefs.resolver import is_context_alias
 from ..errors import (
+    AccessDeniedError,
     CrdsFsError,
     IsADirError,
     NamespaceError,
@@ -37,7 +43,17 @@ from ..errors import (
     NotADirError,
     NotASymlinkError,
 )
-from .base import Attrs, BytesHandle, Handle, MountEnv, Parts, Provider, is_write_open
+from .base import (
+    Attrs,
+    BytesHandle,
+    Handle,
+    MountEnv,
+    Parts,
+    Provider,
+    current_caller,
+    is_write_open,
+    may_change_mount,
+)
 from .registry import is_registered, register_provider
 
 log = logging.getLogger(__name__)
@@ -138,6 +154,7 @@ class BestrefsProvider(Provider):
     # --- writing: symlink registers, unlink forgets -------------------------------------------
 
     def symlink(self, parts: Parts, target: str) -> None:
+        self._require_owner("ln -s", parts)
         if len(parts) != 1 or parts[0] == REGISTERED_DIR:
             raise self._denied("symlink", parts,
                                "only `ln -s FILE MOUNT/bestrefs/NAME` can add a dataset")
@@ -148,6 +165,7 @@ class BestrefsProvider(Provider):
             raise
 
     def unlink(self, parts: Parts) -> None:
+        self._require_owner("rm", parts)
         if len(parts) == 1 and self.view.forget(parts[0]):
             return
         if len(parts) == 1 and parts[0] in self.view.folder_datasets():
@@ -161,6 +179,20 @@ class BestrefsProvider(Provider):
         log.warning("bestrefs/: refused %s %s (only ln -s and rm of registered datasets "
                     "change bestrefs/)", operation, self.path(parts))
         return error
+
+    def _require_owner(self, operation: str, parts: Parts) -> None:
+        """EACCES for anyone but the mount's owner (and root), before anything is looked
+        at: the daemon must not stat or read files on behalf of other users."""
+        if may_change_mount(self.env):
+            return
+        caller = current_caller()
+        log.warning("bestrefs/: refused %s %s for uid %s (pid %s): only the mount's owner "
+                    "(uid %d) and root may register or remove datasets", operation,
+                    self.path(parts), caller.uid if caller else "?",
+                    caller.pid if caller else "?", self.env.uid)
+        raise AccessDeniedError(
+            f"{operation} {self.path(parts)}: only the owner of the mount (uid "
+            f"{self.env.uid}) and root may register or remove datasets")
 
     def _denied(self, operation: str, parts: Parts, why: str) -> PermissionDenied:
         log.warning("bestrefs/: refused %s %s: %s", operation, self.path(parts), why)
