@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+import os
 import queue
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -57,13 +60,16 @@ log = logging.getLogger(__name__)
 DEFAULT_JOBS = 8
 #: Upper bound of --jobs: each job holds a pooled HTTP connection and a thread.
 MAX_JOBS = 64
+#: Files per worker process before a sync spreads over several processes (one per core).
+PROCESS_MIN_FILES = 256
 #: Seconds between progress reports while downloads run.
 TICK = 0.2
 #: A mapping read into memory for a dry run may be at most this large.
 MAX_PEEK_BYTES = 64 * 1024 * 1024
-#: Symbolic context names and the server-info field that resolves them.
-SYMBOLIC = {"operational": "operational_context", "latest": "operational_context",
-            "edit": "edit_context"}
+#: Symbolic context names and the server-info fields that resolve them (first one set).
+SYMBOLIC = {"operational": ("operational_context",),
+            "latest": ("latest_context", "operational_context"),
+            "edit": ("edit_context",)}
 _GEIS_HEADER = re.compile(r"^(.*\.r\d)h$")
 _SERIAL = re.compile(r"^[a-z]+_(\d+)\.pmap$")
 
@@ -164,12 +170,17 @@ class Syncer:
     """Plans and runs syncs into one open `FileCache` (see the module doc)."""
 
     def __init__(self, cache: FileCache, *, jobs: int = DEFAULT_JOBS,
-                 progress: SyncProgress | None = None) -> None:
+                 progress: SyncProgress | None = None, processes: int | None = 1) -> None:
+        """*processes*: worker processes for big sets; 1 (the default): threads of this
+        process only; None: one per core when there are `PROCESS_MIN_FILES` files per
+        process (the CLI's choice).  More than one spawns processes, so a script calling
+        this must guard its main code with ``if __name__ == "__main__":``."""
         if not 1 <= jobs <= MAX_JOBS:
             raise ConfigError(f"--jobs {jobs}: use 1 to {MAX_JOBS}")
         self.cache = cache
         self.jobs = jobs
         self.progress = progress
+        self.processes = processes
         self.resolver = BestrefsResolver(cache)
         self._stop = threading.Event()
         self.report = SyncReport(cache_dir=str(cache.store.root))
@@ -242,9 +253,10 @@ class Syncer:
         obs = self.cache.observatory
         key = name.lower().removeprefix(f"{obs}-")
         if key in SYMBOLIC:
-            value = self.cache.server_info.get(SYMBOLIC[key])
+            info = self.cache.server_info
+            value = next((info[f] for f in SYMBOLIC[key] if info.get(f)), None)
             if not value:
-                raise ConfigError(f"{self._server()} names no {SYMBOLIC[key]} for '{name}'")
+                raise ConfigError(f"{self._server()} names no {SYMBOLIC[key][0]} for '{name}'")
             name = str(value)
         if not name.endswith(".pmap"):
             raise ConfigError(
@@ -493,75 +505,279 @@ class Syncer:
         return bad
 
     def fetch(self, stage: str, names: list[str]) -> None:
-        """Download *names* with `jobs` workers, biggest first; results go to the report.
+        """Download *names* with `jobs` parallel downloads, biggest first, into the report.
 
-        Workers are daemon threads: a KeyboardInterrupt while waiting leaves the files in
-        flight behind (never committed half-way) and propagates at once.
+        Small sets run on threads of this process; big ones (`PROCESS_MIN_FILES` files per
+        process) are spread over up to one process per core, so the per-file Python work
+        (HTTP, index, hashing) is not serialised on one interpreter lock.  Every worker
+        uses its own `FileCache` on the same directory (the fetcher's locks make that
+        safe).  Workers never hold a half-committed file: a KeyboardInterrupt while
+        waiting abandons the files in flight and propagates at once.
         """
         report = self.report
         if not names:
             return
         order = sorted(names, key=lambda n: (-report.wanted.get(n, 0), n))
         total_bytes = report.bytes_of(order)
-        work: queue.SimpleQueue[str] = queue.SimpleQueue()
-        for name in order:
-            work.put(name)
-        results: queue.SimpleQueue[tuple[str, bool, str | None]] = queue.SimpleQueue()
-        workers = [threading.Thread(target=self._worker, args=(work, results), daemon=True,
-                                    name=f"crds-fs-sync-{i}")
-                   for i in range(min(self.jobs, len(order)))]
-        fetcher = self.cache.fetcher
-        base = fetcher.snapshot()["bytes"]
-        done = committed = 0
+        processes = self.processes_for(len(order))
+        pool: _Pool = (_ProcessPool(self, order, processes) if processes > 1
+                       else _ThreadPool(self, order))
+        pending = set(order)
+        committed = 0
         self._report(stage, 0, len(order), 0, total_bytes)
-        for thread in workers:
-            thread.start()
-        while done < len(order):
-            try:
-                name, existed, error = results.get(timeout=TICK)
-            except KeyboardInterrupt:
-                self._stop.set()  # no new files; the ones in flight are abandoned
-                raise
-            except queue.Empty:
-                if not any(t.is_alive() for t in workers):  # stopped: nothing more comes
-                    raise Interrupted() from None
-                moving = fetcher.snapshot()["bytes"] - base
-                self._report(stage, done, len(order), min(moving, total_bytes), total_bytes)
-                continue
-            done += 1
-            size = report.wanted.get(name, 0)
-            if error is not None:
-                report.failed[name] = error
-            elif existed:
-                report.cached.append(name)  # found on disk, verified and adopted
-            else:
-                report.fetched.append(name)
-                report.bytes_fetched += size
-            committed += size
-            self._report(stage, done, len(order), committed, total_bytes)
-        for thread in workers:
-            thread.join()
+        pool.start()
+        try:
+            while pending:
+                message = pool.get(TICK)
+                if message is None:
+                    if self._stop.is_set():
+                        pool.request_stop()
+                    if not pool.alive():
+                        if self._stop.is_set():
+                            raise Interrupted()
+                        for name in sorted(pending):  # a worker process died
+                            report.failed[name] = f"not fetched: {pool.why_dead()}"
+                        break
+                    moving = min(pool.moving_bytes(), total_bytes)
+                    self._report(stage, len(order) - len(pending), len(order),
+                                 max(moving, committed), total_bytes)
+                    continue
+                name, existed, error = message
+                pending.discard(name)
+                size = report.wanted.get(name, 0)
+                if error is not None:
+                    report.failed[name] = error
+                elif existed:
+                    report.cached.append(name)  # found on disk, verified and adopted
+                else:
+                    report.fetched.append(name)
+                    report.bytes_fetched += size
+                committed += size
+                self._report(stage, len(order) - len(pending), len(order), committed,
+                             total_bytes)
+        except KeyboardInterrupt:
+            self._stop.set()  # no new files; the ones in flight are abandoned
+            pool.abandon()
+            raise
+        pool.join()
 
-    def _worker(self, work: queue.SimpleQueue[str],
-                results: queue.SimpleQueue[tuple[str, bool, str | None]]) -> None:
-        while not self._stop.is_set():
-            try:
-                name = work.get_nowait()
-            except queue.Empty:
-                return
-            existed = self.cache.local_path(name).exists()
-            try:
-                self.cache.ensure(name)
-                results.put((name, existed, None))
-            except CrdsFsError as exc:
-                results.put((name, False, str(exc)))
-            except Exception as exc:  # noqa: BLE001 - one file's bug must not stop the rest
-                log.exception("unexpected error fetching %s", name)
-                results.put((name, False, f"{type(exc).__name__}: {exc}"))
+    def processes_for(self, files: int) -> int:
+        """Worker processes for *files* downloads (1: threads of this process only)."""
+        if self.processes is not None:
+            return max(1, min(self.processes, self.jobs))
+        return max(1, min(os.cpu_count() or 1, self.jobs, files // PROCESS_MIN_FILES))
 
     def _report(self, stage: str, done: int, total: int, nbytes: int, total_bytes: int) -> None:
         if self.progress is not None:
             self.progress(stage, done, total, nbytes, total_bytes)
+
+
+# --- workers ----------------------------------------------------------------------------------
+
+#: (name, existed before, error or None) for one file
+_Result = tuple[str, bool, "str | None"]
+
+
+def _fetch_one(cache: FileCache, name: str) -> _Result:
+    """Ensure *name* (the fetcher's one download path); never raises for the file."""
+    existed = cache.local_path(name).exists()
+    try:
+        cache.ensure(name)
+        return name, existed, None
+    except CrdsFsError as exc:
+        return name, False, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one file's bug must not stop the rest
+        log.exception("unexpected error fetching %s", name)
+        return name, False, f"{type(exc).__name__}: {exc}"
+
+
+class _Pool:
+    """Workers fetching the names of one work list; their results come back by `get`."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def get(self, timeout: float) -> _Result | None:
+        """The next file's result, or None when none came within *timeout* seconds."""
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def moving_bytes(self) -> int:
+        """Bytes received so far by the workers (files in flight included)."""
+        raise NotImplementedError
+
+    def request_stop(self) -> None:
+        """No new files; the ones in flight finish."""
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        """Stop now: files in flight are dropped (never committed half-way)."""
+        raise NotImplementedError
+
+    def join(self) -> None:
+        raise NotImplementedError
+
+    def why_dead(self) -> str:
+        return "the workers stopped early"
+
+
+class _ThreadPool(_Pool):
+    """`jobs` daemon threads of this process, sharing its FileCache."""
+
+    def __init__(self, syncer: Syncer, order: list[str]) -> None:
+        self.syncer = syncer
+        self.work: queue.SimpleQueue[str] = queue.SimpleQueue()
+        for name in order:
+            self.work.put(name)
+        self.results: queue.SimpleQueue[_Result] = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._run, daemon=True,
+                                         name=f"crds-fs-sync-{i}")
+                        for i in range(min(syncer.jobs, len(order)))]
+        self.base = int(syncer.cache.fetcher.snapshot()["bytes"])
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self) -> None:
+        stop = self.syncer._stop
+        while not stop.is_set():
+            try:
+                name = self.work.get_nowait()
+            except queue.Empty:
+                return
+            result = _fetch_one(self.syncer.cache, name)
+            if stop.is_set() and result[2] is not None:
+                return  # abandoned at an interruption (the cache may be closing)
+            self.results.put(result)
+
+    def get(self, timeout: float) -> _Result | None:
+        try:
+            return self.results.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self.threads) or not self.results.empty()
+
+    def moving_bytes(self) -> int:
+        return int(self.syncer.cache.fetcher.snapshot()["bytes"]) - self.base
+
+    def request_stop(self) -> None:
+        self.syncer._stop.set()
+
+    def abandon(self) -> None:
+        self.syncer._stop.set()
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join()
+
+
+class _ProcessPool(_Pool):
+    """Spawned worker processes, each with its own FileCache on the same directory and
+    `jobs / processes` threads; names come from one shared queue, biggest first."""
+
+    def __init__(self, syncer: Syncer, order: list[str], processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        threads = max(1, -(-syncer.jobs // processes))
+        self.work: Any = context.Queue()
+        for name in order:
+            self.work.put(name)
+        for _ in range(processes * threads):
+            self.work.put(None)  # one end marker per worker thread
+        self.results: Any = context.Queue()
+        self.stop = context.Event()
+        cache = syncer.cache
+        self.procs = [context.Process(
+            target=_process_main, name=f"crds-fs-sync-{i}", daemon=True,
+            args=(i, cache.settings, cache.observatory, threads, self.work, self.results,
+                  self.stop)) for i in range(processes)]
+        self.bytes = [0] * processes
+        self.fatal: list[str] = []
+
+    def start(self) -> None:
+        for proc in self.procs:
+            proc.start()
+
+    def get(self, timeout: float) -> _Result | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = self.results.get(timeout=max(0.001, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if message[0] == "file":
+                return message[1], message[2], message[3]
+            if message[0] == "bytes":
+                self.bytes[message[1]] = message[2]
+            elif message[0] == "fatal":
+                self.fatal.append(message[1])
+            if time.monotonic() >= deadline:
+                return None
+
+    def alive(self) -> bool:
+        return any(p.is_alive() for p in self.procs) or not self.results.empty()
+
+    def moving_bytes(self) -> int:
+        return sum(self.bytes)
+
+    def why_dead(self) -> str:
+        codes = ", ".join(str(p.exitcode) for p in self.procs)
+        return "; ".join(self.fatal) or f"the worker processes exited (status {codes})"
+
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    def abandon(self) -> None:
+        self.stop.set()
+        for proc in self.procs:
+            proc.terminate()  # files in flight are dropped; commits are atomic
+        for proc in self.procs:
+            proc.join(10)
+
+    def join(self) -> None:
+        for proc in self.procs:
+            proc.join(60)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def _process_main(index: int, settings: Any, observatory: str, threads: int, work: Any,
+                  results: Any, stop: Any) -> None:
+    """A worker process: fetch names from *work* with *threads* threads until end markers.
+
+    Ctrl-C is the parent's to handle (it stops or terminates us), so SIGINT is ignored.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from .cache import FileCache
+
+    try:
+        cache = FileCache.open(settings, observatory=observatory)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        results.put(("fatal", f"worker process {index}: cannot open the cache: {exc}"))
+        return
+
+    def run() -> None:
+        while not stop.is_set():
+            name = work.get()
+            if name is None:
+                return
+            results.put(("file", *_fetch_one(cache, name)))
+
+    workers = [threading.Thread(target=run, daemon=True) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    try:
+        for thread in workers:
+            while thread.is_alive():
+                thread.join(TICK)
+                results.put(("bytes", index, int(cache.fetcher.snapshot()["bytes"])))
+    finally:
+        results.put(("bytes", index, int(cache.fetcher.snapshot()["bytes"])))
+        cache.close()
 
 
 def _size_of(path: Path) -> int | None:

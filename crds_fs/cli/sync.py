@@ -28,7 +28,15 @@ import click
 from ..config import Settings
 from ..errors import ConfigError
 from ..progress import new_bar
-from ..sync import DEFAULT_JOBS, MAX_JOBS, Syncer, SyncReport, SyncRequest, parse_range
+from ..sync import (
+    DEFAULT_JOBS,
+    MAX_JOBS,
+    PROCESS_MIN_FILES,
+    Syncer,
+    SyncReport,
+    SyncRequest,
+    parse_range,
+)
 from . import cli
 
 #: Options that take several values (crds' argparse ``nargs='*'``).
@@ -195,13 +203,16 @@ def print_summary(report: SyncReport, mount: Path | None) -> None:
               help="CRDS server [default: the mount's, else $CRDS_SERVER_URL].")
 @click.option("-j", "--jobs", type=click.IntRange(1, MAX_JOBS), default=DEFAULT_JOBS,
               show_default=True, help="Parallel downloads.")
+@click.option("--processes", type=click.IntRange(1, MAX_JOBS), default=None,
+              help="Worker processes sharing the --jobs downloads [default: one per core "
+                   f"once there are {PROCESS_MIN_FILES} files per process, else 1].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def sync_command(contexts: tuple[str, ...], context_range: str | None, last: int | None,
                  all_contexts: bool, fetch_references: bool, instruments: tuple[str, ...],
                  types: tuple[str, ...], dataset_files: tuple[Path, ...],
                  dataset_ids: tuple[str, ...], check_files: bool, check_sha1sum: bool,
                  repair_files: bool, dry_run: bool, cache: Path | None, server: str | None,
-                 jobs: int, as_json: bool) -> None:
+                 jobs: int, processes: int | None, as_json: bool) -> None:
     """Download the mappings (and references) of CRDS contexts into the crds-fs cache,
     in parallel, each verified and committed atomically, as `crds sync` would.
 
@@ -227,7 +238,7 @@ def sync_command(contexts: tuple[str, ...], context_range: str | None, last: int
             raise ConfigError(f"CRDS server {settings.server_url} is unreachable; sync needs "
                               "it (--dry-run works from the stored catalog)")
         bar = _Bar()
-        syncer = Syncer(opened, jobs=jobs, progress=bar)
+        syncer = Syncer(opened, jobs=jobs, progress=bar, processes=processes)
         try:
             report = syncer.run(request, dry_run=dry_run)
         finally:
