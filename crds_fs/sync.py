@@ -737,6 +737,9 @@ class _ProcessPool(_Pool):
             proc.terminate()  # files in flight are dropped; commits are atomic
         for proc in self.procs:
             proc.join(10)
+        # names nobody will read any more must not hold up this process's exit
+        self.work.cancel_join_thread()
+        self.results.cancel_join_thread()
 
     def join(self) -> None:
         for proc in self.procs:
@@ -749,9 +752,12 @@ def _process_main(index: int, settings: Any, observatory: str, threads: int, wor
                   results: Any, stop: Any) -> None:
     """A worker process: fetch names from *work* with *threads* threads until end markers.
 
-    Ctrl-C is the parent's to handle (it stops or terminates us), so SIGINT is ignored.
+    Ctrl-C is the parent's to handle (it stops or terminates us), so SIGINT is ignored;
+    if the parent dies (SIGKILL, SIGTERM) we exit at once too: files in flight are dropped
+    (their temp files are removed by the next open), committed ones stay.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
     from .cache import FileCache
 
     try:
@@ -774,6 +780,8 @@ def _process_main(index: int, settings: Any, observatory: str, threads: int, wor
         for thread in workers:
             while thread.is_alive():
                 thread.join(TICK)
+                if parent is not None and not parent.is_alive():
+                    os._exit(1)
                 results.put(("bytes", index, int(cache.fetcher.snapshot()["bytes"])))
     finally:
         results.put(("bytes", index, int(cache.fetcher.snapshot()["bytes"])))

@@ -19,6 +19,7 @@ is named), 130 when interrupted (everything finished so far stays; rerun to cont
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,10 @@ class _CrdsStyleCommand(click.Command):
         if current is not None and not has_value:
             rewritten.append(current)
         return super().parse_args(ctx, rewritten)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _names(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -239,9 +244,11 @@ def sync_command(contexts: tuple[str, ...], context_range: str | None, last: int
                               "it (--dry-run works from the stored catalog)")
         bar = _Bar()
         syncer = Syncer(opened, jobs=jobs, progress=bar, processes=processes)
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # a service stop: as Ctrl-C
         try:
             report = syncer.run(request, dry_run=dry_run)
         finally:
+            signal.signal(signal.SIGTERM, previous)
             bar.close()
     if as_json:
         click.echo(json.dumps(report.to_json()))
