@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -215,6 +216,13 @@ class Run:
     seconds: float
     files: int
     nbytes: int
+    #: CPU seconds (user + system) of the command and its worker processes
+    cpu: float = 0.0
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_crds_fs(url: str, cache: Path, jobs: int, expected: int, log: Path) -> float:
@@ -297,8 +305,8 @@ def table(runs: list[Run], info: dict[str, str], args: argparse.Namespace,
         f"{CONTEXT} --fetch-references` ({args.jobs} jobs) vs `python -m crds.sync --contexts "
         f"{CONTEXT} --fetch-references`.",
         "",
-        "| network | crds sync | crds-fs sync | speed-up | goal |",
-        "|---|---:|---:|---:|---:|",
+        "| network | crds sync | crds-fs sync | speed-up | goal | CPU s crds / crds-fs |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for network in ("loopback", "wan"):
         got = {r.tool: r for r in runs if r.network == network}
@@ -310,7 +318,7 @@ def table(runs: list[Run], info: dict[str, str], args: argparse.Namespace,
         lines.append(
             f"| {names[network]} | {crds.seconds:.1f} s ({human(nbytes / crds.seconds)}/s) | "
             f"{ours.seconds:.1f} s ({human(nbytes / ours.seconds)}/s) | **{ratio:.1f}x** | "
-            f"≥ {goals[network]}x ({mark}) |")
+            f"≥ {goals[network]}x ({mark}) | {crds.cpu:.0f} / {ours.cpu:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -356,13 +364,15 @@ def main(argv: list[str] | None = None) -> int:
                     cache = work / f"cache-{tool}-{network}"
                     shutil.rmtree(cache, ignore_errors=True)
                     log = work / f"{tool}-{network}.log"
+                    cpu = children_cpu()
                     if tool == "crds-fs":
                         seconds = run_crds_fs(url, cache, args.jobs, len(sizes), log)
                     else:
                         seconds = run_crds(url, cache, len(sizes), log)
+                    cpu = children_cpu() - cpu
                     shutil.rmtree(cache, ignore_errors=True)
-                    runs.append(Run(tool, network, seconds, len(sizes), total))
-                    print(f"{network:8} {tool:8} {seconds:7.1f} s", flush=True)
+                    runs.append(Run(tool, network, seconds, len(sizes), total, cpu))
+                    print(f"{network:8} {tool:8} {seconds:7.1f} s  (CPU {cpu:.1f} s)", flush=True)
             finally:
                 if wan is not None:
                     print(f"wanproxy: {wan.stop()}", flush=True)
