@@ -317,7 +317,7 @@ def table(runs: list[Run], info: dict[str, str], args: argparse.Namespace,
         mark = "met" if ratio >= goals[network] else "NOT met"
         lines.append(
             f"| {names[network]} | {crds.seconds:.1f} s ({human(nbytes / crds.seconds)}/s) | "
-            f"{ours.seconds:.1f} s ({human(nbytes / ours.seconds)}/s) | **{ratio:.1f}x** | "
+            f"{ours.seconds:.1f} s ({human(nbytes / ours.seconds)}/s) | **{ratio:.2f}x** | "
             f"≥ {goals[network]}x ({mark}) | {crds.cpu:.0f} / {ours.cpu:.0f} |")
     return "\n".join(lines) + "\n"
 
