@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -54,10 +54,12 @@ class ProgressBar:
         self.close()
 
 
-def new_bar(total: int | None, desc: str, unit: str = "file") -> tqdm:
-    """A tqdm bar on stderr, disabled unless stderr is a terminal; removed when closed."""
+def new_bar(total: int | None, desc: str, unit: str = "file", **options: Any) -> tqdm:
+    """A tqdm bar on stderr, disabled unless stderr is a terminal; removed when closed.
+
+    *options* go to tqdm as they are (e.g. ``unit_scale=True`` for byte counts)."""
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None,
-                leave=False, dynamic_ncols=True)
+                leave=False, dynamic_ncols=True, **options)
 
 
 def track(items: Iterable[T], total: int, desc: str, unit: str = "file") -> Iterator[T]:
