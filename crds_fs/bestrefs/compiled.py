@@ -4,7 +4,7 @@ Loading a context is mostly parsing (``ast.parse`` and the tree walk); the engin
 the parse of a mapping from a :class:`~crds_fs.engine.context.CompiledStore` instead
 (:mod:`crds_fs.engine.compiled` defines the bytes).  This module is that store on disk:
 
-``<dir>/<format tag>-<engine fingerprint>/<sha1[:2]>/<sha1>``, one file per mapping text,
+``<dir>/<format tag>-<engine fingerprint>/<sha1>``, one file per mapping text,
 keyed by the SHA-1 of the text.  ``<dir>`` is ``$CRDS_FS_COMPILED_CACHE`` if set (``off``
 disables the cache), else ``<crds-fs cache dir>/compiled`` (the mount's and API's
 ``--cache-dir``; for a plain folder of mappings the default cache home,
@@ -13,7 +13,7 @@ disables the cache), else ``<crds-fs cache dir>/compiled`` (the mount's and API'
 * Safe: entries are plain data (marshal of dicts/tuples/strings built by the engine), with a
   digest checked before decoding; never pickle, nothing executed.
 * Versioned: the folder name carries the format version, the Python version and a
-  fingerprint of the engine's parser sources, so another engine never reads these entries
+  fingerprint of the engine's sources, so another engine never reads these entries
   (old folders are simply left behind; delete ``<dir>`` to reclaim them).
 * Self-healing: a missing, truncated or altered entry is a miss; the engine parses the text
   again and the entry is rewritten (atomically: temporary file + rename, so readers never
@@ -45,15 +45,16 @@ _KEY_CHARS = frozenset("0123456789abcdef")
 
 
 def _fingerprint() -> str:
-    """A digest of the engine modules that define the parsed form: any edit to them (even
-    without a FORMAT_VERSION bump) moves the cache to a new folder."""
+    """A digest of the engine's sources (which define both the parsed and the built form):
+    any edit to them, even without a FORMAT_VERSION bump, moves the cache to a new folder."""
     digest = hashlib.sha1(engine_compiled.FORMAT_TAG.encode("ascii"))
     base = Path(engine_compiled.__file__).parent
-    for module in ("compiled.py", "parser.py", "checksum.py"):
-        try:
-            digest.update((base / module).read_bytes())
-        except OSError:  # e.g. zipped install: fall back to the format tag alone
-            digest.update(module.encode("ascii"))
+    try:
+        modules = sorted(base.glob("*.py"))
+        for module in modules:
+            digest.update(module.name.encode("utf-8") + b"\0" + module.read_bytes())
+    except OSError:  # e.g. a zipped install: fall back to the format tag alone
+        pass
     return digest.hexdigest()[:12]
 
 
@@ -68,6 +69,7 @@ class CompiledCache:
         self.writes = 0
         self.damaged = 0
         self._warned = False
+        self._made = False
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -77,7 +79,7 @@ class CompiledCache:
         """Where the entry of *key* (a SHA-1 hex) lives."""
         if len(key) != 40 or not set(key) <= _KEY_CHARS:
             raise ValueError(f"invalid compiled-cache key {key!r}")
-        return self.folder / key[:2] / key
+        return self.folder / key
 
     def get(self, key: str) -> bytes | None:
         try:
@@ -106,7 +108,9 @@ class CompiledCache:
             return
         try:
             target = self.path(key)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if not self._made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._made = True
             temporary = target.with_name(
                 f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
             try:

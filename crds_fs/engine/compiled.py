@@ -1,11 +1,13 @@
 """Compiled mappings: a parsed mapping as bytes of plain data, and back (pure, no I/O).
 
 Parsing is most of the cost of loading a context (``ast.parse`` plus the tree walk: ~85% of
-a full load of hst_0729.pmap), so the result of :func:`~.parser.parse_mapping` is kept on
-disk by the mapping sources (:mod:`crds_fs.bestrefs.compiled`), keyed by the SHA-1 of the
-mapping text, and loaded from there the next time instead of parsing again.  The selectors
-are then built from it exactly as from a fresh parse, so every load-time check (and every
-answer) stays the same whichever way the mapping was read.
+a full load of hst_0729.pmap) and building the indexed selectors most of the rest, so the
+parsed header and the *built* selector tree of each mapping are kept on disk by the mapping
+sources (:mod:`crds_fs.bestrefs.compiled`), keyed by the SHA-1 of the mapping text, and
+restored from there the next time.  An entry is written only after the mapping parsed and
+built successfully from its text, so a restored mapping is the same object tree the build
+makes (tests compare the two); the rules around the selector (header checks, expressions,
+hooks) are built from the stored header each time.
 
 Format: ``MAGIC + FORMAT_TAG + b"\\n" + blake2b-256(payload) + payload`` where the payload
 is :mod:`marshal` data of plain values only (dict, tuple, list, str, int, float, bool,
@@ -27,6 +29,7 @@ import sys
 from typing import Any
 
 from .parser import MappingDoc, SelectorCall
+from .selectors import NotExportable, Selector, export_selector
 
 #: Bump when the parsed form (MappingDoc / SelectorCall / parser semantics) changes.
 FORMAT_VERSION = 1
@@ -57,17 +60,30 @@ def text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def pack(doc: MappingDoc) -> bytes:
-    """*doc* as compiled-entry bytes (see the module docstring for the format)."""
+def pack(doc: MappingDoc, selector: Selector | None = None) -> bytes:
+    """*doc* as compiled-entry bytes (see the module docstring for the format).
+
+    With *selector* (an rmap's selector tree as just built from *doc*), the built tree is
+    stored instead of the parsed one, so loading skips conditioning, sorting and indexing
+    too; a tree the exporter does not know is stored as parsed.
+    """
     verdict = _verdict(doc)
+    built = None
+    if selector is not None:
+        try:
+            built = export_selector(selector)
+        except NotExportable:
+            built = None
+    parsed = None if built is not None else _encode(doc.selector)
     payload = marshal.dumps(
-        (doc.header, _encode(doc.selector), doc.comment, _CHECKSUM_VERDICTS[verdict]))
+        (doc.header, parsed, doc.comment, _CHECKSUM_VERDICTS[verdict], built))
     return _HEAD + hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest() + payload
 
 
-def unpack(data: bytes, name: str) -> MappingDoc:
-    """The MappingDoc of compiled-entry *data* for mapping *name*; DamagedEntry if *data*
-    is not an intact entry of this format."""
+def unpack(data: bytes, name: str) -> tuple[MappingDoc, Any]:
+    """(MappingDoc, built selector export or None) of compiled-entry *data* for mapping
+    *name*; DamagedEntry if *data* is not an intact entry of this format.  When the built
+    selector is given, the doc's ``selector`` is None (the parse was not stored)."""
     if not data.startswith(_HEAD):
         raise DamagedEntry("not a compiled mapping of this engine format")
     start = len(_HEAD)
@@ -75,18 +91,21 @@ def unpack(data: bytes, name: str) -> MappingDoc:
     if hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest() != digest:
         raise DamagedEntry("digest mismatch (truncated or altered)")
     try:
-        header, selector, comment, verdict = marshal.loads(payload)
+        header, selector, comment, verdict, built = marshal.loads(payload)
         if not isinstance(header, dict) or not (comment is None or isinstance(comment, str)):
             raise DamagedEntry("unexpected shape")
-        selector = _decode(selector)
-        if not isinstance(selector, (dict, SelectorCall)):
-            raise DamagedEntry("unexpected selector")
+        if built is None:
+            selector = _decode(selector)
+            if not isinstance(selector, (dict, SelectorCall)):
+                raise DamagedEntry("unexpected selector")
+        elif selector is not None or type(built) is not tuple:
+            raise DamagedEntry("unexpected built selector")
         problem = _checksum_message(verdict, name)
     except DamagedEntry:
         raise
     except Exception as exc:  # marshal/shape errors: any of them means "not ours"
         raise DamagedEntry(f"cannot decode: {type(exc).__name__}: {exc}") from None
-    return MappingDoc(name, header, selector, comment, problem)
+    return MappingDoc(name, header, selector, comment, problem), built
 
 
 # -- encoding -------------------------------------------------------------------------------

@@ -38,13 +38,13 @@ from ..errors import (
     MissingInstrumentError,
     UnknownInstrumentError,
 )
+from .compiled import pack, text_key, unpack
 from .conditioning import (
     condition_header,
     condition_value,
     screen_parameters,
     underscore_aliases,
 )
-from .compiled import DamagedEntry, pack, text_key, unpack
 from .exceptions import whole_call_error
 from .observatories import (
     INSTRUMENT_ALIASES,
@@ -55,7 +55,7 @@ from .observatories import (
     identity_parkeys,
     observatory_policy,
 )
-from .parser import MAX_MAPPING_CHARS, MappingDoc, format_error, parse_mapping
+from .parser import MAX_MAPPING_CHARS, format_error, parse_mapping
 from .rules import (
     NA_VALUES,
     OMIT_VALUES,
@@ -146,12 +146,13 @@ class _Store:
         return entry.rules
 
     def _build(self, text: str, name: str) -> _Built:
-        """Parse (or take the compiled parse from the store) and build one mapping.
+        """Parse and build one mapping, or restore it from the compiled store.
 
         The compiled entry is keyed by the SHA-1 of the text, so a changed file is a new
-        key; it is written only after the mapping built successfully, and a damaged entry
-        is discarded and rebuilt.  Building always runs, so load-time checks and answers
-        are the same whether the parse came from the store or not.
+        key; it is written only after the mapping parsed and built successfully, so a
+        restore reproduces a successful build.  An entry that fails to restore (damaged,
+        foreign) is discarded and the mapping is built from its text again, which also
+        rewrites the entry.
         """
         compiled = self.compiled
         if compiled is None or not isinstance(text, str) or len(text) > self.max_chars:
@@ -159,18 +160,21 @@ class _Store:
             return _Built(build_rules(doc), doc.checksum_error)
         key = text_key(text)
         data = compiled.get(key)
-        doc: MappingDoc | None = None
         if data is not None:
             try:
-                doc = unpack(data, name)
-            except DamagedEntry:
+                doc, prebuilt = unpack(data, name)
+                return _Built(build_rules(doc, prebuilt), doc.checksum_error)
+            except Exception:  # noqa: BLE001 - damaged or foreign entry: rebuild from the text
                 compiled.discard(key)
-        if doc is not None:
-            return _Built(build_rules(doc), doc.checksum_error)
         doc = parse_mapping(text, name, max_chars=self.max_chars)
-        built = _Built(build_rules(doc), doc.checksum_error)
-        compiled.put(key, pack(doc))
-        return built
+        rules = build_rules(doc)
+        selector = rules.selector if isinstance(rules, ReferenceRules) else None
+        try:
+            packed = pack(doc, selector)
+        except Exception:  # noqa: BLE001 - not storable: the mapping still loads
+            return _Built(rules, doc.checksum_error)
+        compiled.put(key, packed)
+        return _Built(rules, doc.checksum_error)
 
     def instrument(self, imap_name: str) -> Instrument:
         key = ("instrument", imap_name)
