@@ -78,6 +78,7 @@ def test_restored_mappings_equal_built_ones(shared_data: Path, observatory: str,
     """Every mapping of the closure: the restored selector tree is the built one."""
     cache = CompiledCache(tmp_path)
     names = source(shared_data, observatory, cache).load_context(context).mapping_names()
+    cache.flush()
     loader = cache_root_loader(shared_data, observatory)
     rmaps = 0
     for name in names:
@@ -107,8 +108,10 @@ def test_cold_and_warm_loads_answer_every_shared_case_like_crds(shared_data: Pat
     for observatory, context in [*CONTEXTS, ("roman", "roman_0007.pmap")]:
         every = cases(shared_data, context)
         assert answers_agree(source(shared_data, observatory, cache), context, every) == 0
+        cache.flush()
         writes, hits = cache.writes, cache.hits
         assert answers_agree(source(shared_data, observatory, cache), context, every) == 0
+        cache.flush()
         assert cache.writes == writes, "a warm load wrote entries again"
         assert cache.hits > hits, "a warm load did not use the cache"
     assert cache.damaged == 0
@@ -125,6 +128,7 @@ def test_damaged_entries_are_rebuilt(shared_data: Path, tmp_path: Path, damage: 
     every = cases(shared_data, context)
     cache = CompiledCache(tmp_path / "compiled")
     assert answers_agree(source(shared_data, "roman", cache), context, every) == 0
+    cache.flush()
     files = entry_files(cache)
     assert len(files) == 6  # pmap, imap, 4 rmaps
     pristine = {p: p.read_bytes() for p in files}
@@ -132,10 +136,12 @@ def test_damaged_entries_are_rebuilt(shared_data: Path, tmp_path: Path, damage: 
         path.write_bytes(_damaged(data, damage, sentinel_free))
     fresh = CompiledCache(tmp_path / "compiled")
     assert answers_agree(source(shared_data, "roman", fresh), context, every) == 0
+    fresh.flush()
     assert fresh.damaged == 6 and fresh.writes == 6
     assert {p: p.read_bytes() for p in entry_files(fresh)} == pristine  # rewritten intact
     again = CompiledCache(tmp_path / "compiled")
     assert answers_agree(source(shared_data, "roman", again), context, every) == 0
+    again.flush()
     assert again.damaged == 0 and again.hits == 6 and again.writes == 0
 
 
@@ -192,6 +198,7 @@ def test_changed_mapping_text_is_a_new_entry(shared_data: Path, tmp_path: Path) 
     rmap.write_text(set_mapping_checksum(rmap.read_text().replace(dark, "edited_dark.asdf")))
     after = source(root, "roman", cache).load_context("roman_0006.pmap")
     assert after.best_references(header)["dark"] == "edited_dark.asdf"
+    cache.flush()
     assert len(entry_files(cache)) == 7
 
 
@@ -207,6 +214,7 @@ def test_unwritable_cache_still_loads_and_warns_once(tmp_path: Path,
     with caplog.at_level(logging.WARNING, logger=disk.__name__):
         context = rules.context(compiled=cache)
         assert lookup(context, A="Y") == "y.fits"
+        cache.flush()
     assert cache.writes == 0
     warnings = [r for r in caplog.records if "cannot write the compiled-context cache" in
                 r.getMessage()]

@@ -17,7 +17,8 @@ disables the cache), else ``<crds-fs cache dir>/compiled`` (the mount's and API'
   (old folders are simply left behind; delete ``<dir>`` to reclaim them).
 * Self-healing: a missing, truncated or altered entry is a miss; the engine parses the text
   again and the entry is rewritten (atomically: temporary file + rename, so readers never
-  see half an entry).
+  see half an entry).  Entries are written by a background thread while loading goes on;
+  the process waits for it at exit.
 * Never in the way: any I/O error (read-only or full disk) only costs the speed-up; it is
   logged once per cache folder.
 """
@@ -28,6 +29,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections import deque
 from pathlib import Path
 
 from ..engine import compiled as engine_compiled
@@ -70,6 +72,9 @@ class CompiledCache:
         self.damaged = 0
         self._warned = False
         self._made = False
+        self._pending: deque[tuple[Path, bytes]] = deque()
+        self._writer: threading.Thread | None = None
+        self._writer_pid = 0
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -104,23 +109,55 @@ class CompiledCache:
             pass
 
     def put(self, key: str, data: bytes) -> None:
+        """Queue the entry; a writer thread writes it while the load goes on (file writes
+        release the GIL), and the process waits for the queue at exit (non-daemon)."""
         if len(data) > MAX_ENTRY_BYTES:
             return
+        target = self.path(key)
+        with self._lock:
+            self._pending.append((target, data))
+            if self._writer is None or self._writer_pid != os.getpid():
+                self._writer = threading.Thread(target=self._write_pending,
+                                                name="crds-fs-compiled-writer")
+                self._writer_pid = os.getpid()
+                self._writer.start()
+
+    def flush(self) -> None:
+        """Wait until every queued entry is written (or failed)."""
+        while True:
+            with self._lock:
+                writer = self._writer if self._writer_pid == os.getpid() else None
+            if writer is None:
+                return
+            writer.join()
+
+    def _write_pending(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._writer = None
+                    return
+                target, data = self._pending.popleft()
+            self._write(target, data)
+
+    def _write(self, target: Path, data: bytes) -> None:
+        """Write one entry atomically (temporary file in the same folder, then rename)."""
+        temporary = f"{target.parent}/.{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            target = self.path(key)
             if not self._made:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._made = True
-            temporary = target.with_name(
-                f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                with open(temporary, "wb") as out:
-                    out.write(data)
-                os.replace(temporary, target)
+                os.write(fd, data)
             finally:
-                if temporary.exists():
-                    temporary.unlink()
-        except (OSError, ValueError) as exc:
+                os.close(fd)
+            os.replace(temporary, target)
+        except OSError as exc:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
             with self._lock:
                 if not self._warned:
                     self._warned = True

@@ -184,7 +184,7 @@ class _Store:
                 self.rules(rmap_name)  # re-checks checksums for a strict store
             self.rules(imap_name)
             return found
-        with self.lock:
+        with self.lock, _gc_paused():  # one pause for the imap and all its rmaps
             imap = self.rules(imap_name)
             if not isinstance(imap, InstrumentRules):
                 raise format_error(imap_name, "is not an instrument mapping (.imap)")

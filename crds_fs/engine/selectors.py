@@ -905,7 +905,8 @@ def export_selector(selector: Selector) -> tuple[Any, ...]:
     unknown = set(state) - _EXPORTED_FIELDS
     if unknown or type(selector) not in _CLASS_NAMES:
         raise NotExportable(f"{type(selector).__name__} holds {sorted(unknown)}")
-    nested = any(isinstance(value, Selector) for _, value in selector.selections)
+    nested = any(issubclass(kind, Selector)
+                 for kind in set(map(type, map(_SECOND, selector.selections))))
     versions = isinstance(selector, SelectVersionSelector)
     if nested or versions:
         selections: list[tuple[Any, Any]] = [
@@ -975,4 +976,5 @@ def _restore_match(selector: MatchSelector, columns: Any) -> None:
     selector._values = _tuple_getter(selector.parameters)
 
 
+_SECOND = operator.itemgetter(1)
 _CLASS_NAMES: dict[type, str] = {cls: name for name, cls in SELECTOR_CLASSES.items()}
