@@ -54,9 +54,9 @@ class DictStore:
         self.hits += found is not None
         return found
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, make: Any) -> None:
         self.writes += 1
-        self.entries[key] = data
+        self.entries[key] = make()
 
     def discard(self, key: str) -> None:
         self.discards += 1

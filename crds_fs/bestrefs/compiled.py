@@ -17,19 +17,22 @@ disables the cache), else ``<crds-fs cache dir>/compiled`` (the mount's and API'
   (old folders are simply left behind; delete ``<dir>`` to reclaim them).
 * Self-healing: a missing, truncated or altered entry is a miss; the engine parses the text
   again and the entry is rewritten (atomically: temporary file + rename, so readers never
-  see half an entry).  Entries are written by a background thread while loading goes on;
-  the process waits for it at exit.
+  see half an entry).  Entries are packed and written after the load (a second later by
+  a background thread, or at process exit), so building the cache does not slow the first
+  load down.
 * Never in the way: any I/O error (read-only or full disk) only costs the speed-up; it is
   logged once per cache folder.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from ..engine import compiled as engine_compiled
@@ -44,6 +47,9 @@ _OFF = ("off", "0", "no", "none", "false", "")
 MAX_ENTRY_BYTES = 64 * 1024 * 1024
 
 _KEY_CHARS = frozenset("0123456789abcdef")
+
+#: Seconds between the first queued entry and the background write of the queue.
+WRITE_DELAY = 1.0
 
 
 def _fingerprint() -> str:
@@ -72,10 +78,13 @@ class CompiledCache:
         self.damaged = 0
         self._warned = False
         self._made = False
-        self._pending: deque[tuple[Path, bytes]] = deque()
-        self._writer: threading.Thread | None = None
-        self._writer_pid = 0
+        self._pending: deque[tuple[Path, Callable[[], bytes]]] = deque()
+        self._timer: threading.Timer | None = None
+        self._timer_pid = 0
+        self._atexit = False
         self._lock = threading.Lock()
+        self._inflight = 0
+        self._idle = threading.Condition(self._lock)
 
     def __repr__(self) -> str:
         return f"CompiledCache({str(self.folder)!r})"
@@ -108,37 +117,46 @@ class CompiledCache:
         except OSError:
             pass
 
-    def put(self, key: str, data: bytes) -> None:
-        """Queue the entry; a writer thread writes it while the load goes on (file writes
-        release the GIL), and the process waits for the queue at exit (non-daemon)."""
-        if len(data) > MAX_ENTRY_BYTES:
-            return
+    def put(self, key: str, make: Callable[[], bytes]) -> None:
+        """Queue the entry (``make()`` gives its bytes).  Queued entries are packed and
+        written after the load, not during it: by a background thread :data:`WRITE_DELAY`
+        seconds after the first one is queued (long-running mounts and servers), or when
+        the process exits (the CLI, after it has printed its answers), whichever is first.
+        """
         target = self.path(key)
         with self._lock:
-            self._pending.append((target, data))
-            if self._writer is None or self._writer_pid != os.getpid():
-                self._writer = threading.Thread(target=self._write_pending,
-                                                name="crds-fs-compiled-writer")
-                self._writer_pid = os.getpid()
-                self._writer.start()
+            self._pending.append((target, make))
+            if self._timer is None or self._timer_pid != os.getpid():
+                self._timer = threading.Timer(WRITE_DELAY, self.flush)
+                self._timer.daemon = True
+                self._timer_pid = os.getpid()
+                self._timer.start()
+                if not self._atexit:
+                    atexit.register(self.flush)
+                    self._atexit = True
 
     def flush(self) -> None:
-        """Wait until every queued entry is written (or failed)."""
-        while True:
-            with self._lock:
-                writer = self._writer if self._writer_pid == os.getpid() else None
-            if writer is None:
-                return
-            writer.join()
-
-    def _write_pending(self) -> None:
+        """Pack and write every queued entry now, and wait for writes in progress in other
+        threads (atomic writes; failures are logged once)."""
         while True:
             with self._lock:
                 if not self._pending:
-                    self._writer = None
+                    self._timer = None
+                    while self._inflight:
+                        self._idle.wait()
                     return
-                target, data = self._pending.popleft()
-            self._write(target, data)
+                target, make = self._pending.popleft()
+                self._inflight += 1
+            try:
+                data = make()
+                if len(data) <= MAX_ENTRY_BYTES:
+                    self._write(target, data)
+            except Exception:  # noqa: BLE001 - an entry that cannot be packed is not kept
+                log.debug("compiled-cache entry %s not packable", target, exc_info=True)
+            finally:
+                with self._lock:
+                    self._inflight -= 1
+                    self._idle.notify_all()
 
     def _write(self, target: Path, data: bytes) -> None:
         """Write one entry atomically (temporary file in the same folder, then rename)."""

@@ -71,11 +71,16 @@ Loader = Callable[[str], str]
 
 class CompiledStore(Protocol):
     """Where compiled mappings are kept (see :mod:`.compiled`); the engine only hands it
-    bytes.  Implementations do the I/O and must not raise: a failed get is a miss."""
+    bytes.  Implementations do the I/O and must not raise: a failed get is a miss.
+
+    ``put`` receives a function making the entry's bytes, so a store can pack and write
+    entries after the load (off the caller's critical path); it must ignore exceptions
+    from it (an entry that cannot be packed is simply not stored).
+    """
 
     def get(self, key: str) -> bytes | None: ...
 
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, make: Callable[[], bytes]) -> None: ...
 
     def discard(self, key: str) -> None: ...
 
@@ -169,11 +174,7 @@ class _Store:
         doc = parse_mapping(text, name, max_chars=self.max_chars)
         rules = build_rules(doc)
         selector = rules.selector if isinstance(rules, ReferenceRules) else None
-        try:
-            packed = pack(doc, selector)
-        except Exception:  # noqa: BLE001 - not storable: the mapping still loads
-            return _Built(rules, doc.checksum_error)
-        compiled.put(key, packed)
+        compiled.put(key, lambda: pack(doc, selector))  # (built objects are immutable)
         return _Built(rules, doc.checksum_error)
 
     def instrument(self, imap_name: str) -> Instrument:
