@@ -90,9 +90,8 @@ def worker_load(side: str, data: Path) -> dict[str, float]:
         start = clock()
         rmap.load_mapping("hst_0729.pmap").force_load()
         return {"load_s": clock() - start}
-    from crds_fs.bestrefs.sources import cache_root_source
-
     from crds_fs.bestrefs.compiled import compiled_cache
+    from crds_fs.bestrefs.sources import cache_root_source
 
     start = clock()
     cache_root_source(data, "hst").load_context("hst_0729.pmap").mapping_names()
