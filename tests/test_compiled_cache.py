@@ -266,3 +266,21 @@ def test_cli_fills_and_uses_the_cache_without_heavy_imports(shared_data: Path,
         assert not heavy, f"bestrefs on a JSON header imported {sorted(heavy)}"
     folders = list((tmp_path / "compiled").iterdir())
     assert len(folders) == 1 and len(list(folders[0].iterdir())) == 6
+
+
+def test_long_running_process_writes_entries_after_the_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without flush() or exit (a mount or server), queued entries are written by the
+    background thread once loading has been quiet for WRITE_DELAY."""
+    import time
+
+    from tests.test_engine_core import Rules, lookup
+    monkeypatch.setattr(disk, "WRITE_DELAY", 0.2)
+    cache = CompiledCache(tmp_path / "compiled")
+    rules = Rules()
+    rules.rmap("inst", "thing", (("A",),), "Match({'X' : 'x.fits'})")
+    assert lookup(rules.context(compiled=cache), A="X") == "x.fits"
+    deadline = time.monotonic() + 20
+    while len(entry_files(cache)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(entry_files(cache)) == 3 and cache.writes == 3

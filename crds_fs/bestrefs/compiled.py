@@ -17,9 +17,9 @@ disables the cache), else ``<crds-fs cache dir>/compiled`` (the mount's and API'
   (old folders are simply left behind; delete ``<dir>`` to reclaim them).
 * Self-healing: a missing, truncated or altered entry is a miss; the engine parses the text
   again and the entry is rewritten (atomically: temporary file + rename, so readers never
-  see half an entry).  Entries are packed and written after the load (a second later by
-  a background thread, or at process exit), so building the cache does not slow the first
-  load down.
+  see half an entry).  Entries are packed and written after the load (by a background
+  thread once loading has been quiet for a second, or at process exit), so building the
+  cache does not slow the first load down.
 * Never in the way: any I/O error (read-only or full disk) only costs the speed-up; it is
   logged once per cache folder.
 """
@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +49,7 @@ MAX_ENTRY_BYTES = 64 * 1024 * 1024
 
 _KEY_CHARS = frozenset("0123456789abcdef")
 
-#: Seconds between the first queued entry and the background write of the queue.
+#: Seconds without a newly queued entry before the background thread writes the queue.
 WRITE_DELAY = 1.0
 
 
@@ -81,6 +82,7 @@ class CompiledCache:
         self._pending: deque[tuple[Path, Callable[[], bytes]]] = deque()
         self._timer: threading.Timer | None = None
         self._timer_pid = 0
+        self._last_put = 0.0
         self._atexit = False
         self._lock = threading.Lock()
         self._inflight = 0
@@ -119,21 +121,35 @@ class CompiledCache:
 
     def put(self, key: str, make: Callable[[], bytes]) -> None:
         """Queue the entry (``make()`` gives its bytes).  Queued entries are packed and
-        written after the load, not during it: by a background thread :data:`WRITE_DELAY`
-        seconds after the first one is queued (long-running mounts and servers), or when
-        the process exits (the CLI, after it has printed its answers), whichever is first.
+        written after the load, not during it: by a background thread once nothing has
+        been queued for :data:`WRITE_DELAY` seconds (long-running mounts and servers), or
+        when the process exits (the CLI, after it has printed its answers), whichever is
+        first.
         """
         target = self.path(key)
         with self._lock:
             self._pending.append((target, make))
+            self._last_put = time.monotonic()
             if self._timer is None or self._timer_pid != os.getpid():
-                self._timer = threading.Timer(WRITE_DELAY, self.flush)
-                self._timer.daemon = True
-                self._timer_pid = os.getpid()
-                self._timer.start()
+                self._start_timer(WRITE_DELAY)
                 if not self._atexit:
                     atexit.register(self.flush)
                     self._atexit = True
+
+    def _start_timer(self, delay: float) -> None:
+        self._timer = threading.Timer(delay, self._when_quiet)
+        self._timer.daemon = True
+        self._timer_pid = os.getpid()
+        self._timer.start()
+
+    def _when_quiet(self) -> None:
+        """Write once no entry has been queued for WRITE_DELAY (the load is over)."""
+        with self._lock:
+            waited = time.monotonic() - self._last_put
+            if self._pending and waited < WRITE_DELAY:
+                self._start_timer(WRITE_DELAY - waited)
+                return
+        self.flush()
 
     def flush(self) -> None:
         """Pack and write every queued entry now, and wait for writes in progress in other
