@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from tqdm import tqdm
+if TYPE_CHECKING:  # tqdm is imported when a bar is made: keeps CLI start-up fast
+    from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -31,7 +32,7 @@ class ProgressBar:
     def __init__(self, desc: str, unit: str = "file") -> None:
         self.desc = desc
         self.unit = unit
-        self.bar: tqdm | None = None
+        self.bar: tqdm | _NullBar | None = None
 
     def __call__(self, done: int, total: int, name: str) -> None:
         if self.bar is None:
@@ -54,12 +55,44 @@ class ProgressBar:
         self.close()
 
 
-def new_bar(total: int | None, desc: str, unit: str = "file", **options: Any) -> tqdm:
+def new_bar(total: int | None, desc: str, unit: str = "file",
+            **options: Any) -> tqdm | _NullBar:
     """A tqdm bar on stderr, disabled unless stderr is a terminal; removed when closed.
 
-    *options* go to tqdm as they are (e.g. ``unit_scale=True`` for byte counts)."""
+    *options* go to tqdm as they are (e.g. ``unit_scale=True`` for byte counts).  Without a
+    terminal the bar is a no-op stand-in and tqdm is not even imported (what tqdm's
+    ``disable=None`` would show is nothing; importing it costs CLI start-up time).
+    """
+    if not _stderr_is_terminal():
+        return _NullBar(total)
+    from tqdm import tqdm
+
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None,
                 leave=False, dynamic_ncols=True, **options)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+class _NullBar:
+    """The parts of a tqdm bar the callers use, doing nothing."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.n = 0
+
+    def update(self, count: int = 1) -> None:
+        self.n += count
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def track(items: Iterable[T], total: int, desc: str, unit: str = "file") -> Iterator[T]:

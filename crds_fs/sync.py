@@ -580,15 +580,24 @@ _Result = tuple[str, bool, "str | None"]
 
 def _fetch_one(cache: FileCache, name: str) -> _Result:
     """Ensure *name* (the fetcher's one download path); never raises for the file."""
-    existed = cache.local_path(name).exists()
+    before = _inode(cache.local_path(name))
     try:
-        cache.ensure(name)
-        return name, existed, None
+        path = cache.ensure(name)
+        # Same inode: the copy on disk was verified (adopted or already good); a download
+        # commits a new file by rename, so a damaged copy fetched again counts as fetched.
+        return name, before is not None and before == _inode(path), None
     except CrdsFsError as exc:
         return name, False, str(exc)
     except Exception as exc:  # noqa: BLE001 - one file's bug must not stop the rest
         log.exception("unexpected error fetching %s", name)
         return name, False, f"{type(exc).__name__}: {exc}"
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 class _Pool:

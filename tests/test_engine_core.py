@@ -4,6 +4,10 @@ Every selector class, every match-value matcher, ties/merging, fallback across w
 groups, substitutions, conditioning, dates, expressions, hooks, observatory policies,
 imap N/A / OMIT, bad files and the contents API are exercised on hand-built rules whose
 expected answers follow crds 14.0.3 (see docs/crds-reference.md sections 4 and 5).
+
+Every test runs twice: with mappings parsed and built from their text, and with them
+restored from a compiled store (the compiled-context cache's in-memory twin) that a first,
+full load filled, so both ways of loading must give the same answers.
 """
 
 from __future__ import annotations
@@ -36,6 +40,39 @@ from crds_fs.errors import (
 )
 
 # --- builders -----------------------------------------------------------------------------
+
+
+class DictStore:
+    """An in-memory CompiledStore (what crds_fs.bestrefs.compiled keeps on disk)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, bytes] = {}
+        self.hits = self.writes = self.discards = 0
+
+    def get(self, key: str) -> bytes | None:
+        found = self.entries.get(key)
+        self.hits += found is not None
+        return found
+
+    def put(self, key: str, make: Any) -> None:
+        self.writes += 1
+        self.entries[key] = make()
+
+    def discard(self, key: str) -> None:
+        self.discards += 1
+        self.entries.pop(key, None)
+
+
+_MODE = {"restored": False}
+
+
+@pytest.fixture(autouse=True, params=["parsed", "restored"])
+def loading_mode(request: pytest.FixtureRequest) -> Any:
+    """Run the test with contexts parsed from text, then restored from a compiled store."""
+    _MODE["restored"] = request.param == "restored"
+    yield request.param
+    _MODE["restored"] = False
+
 
 
 def mapping_text(header: dict[str, Any], selector: str, *, comment: str | None = None) -> str:
@@ -94,7 +131,20 @@ class Rules:
             {"derived_from": "generated", "mapping": "PIPELINE", "name": pmap,
              "observatory": self.observatory.upper(), "parkey": (self.instrument_key,)},
             selector)
-        return Context.load(pmap, loader_from_callable(self.texts.__getitem__), **load)
+        loader = loader_from_callable(self.texts.__getitem__)
+        if not _MODE["restored"] or "memo" in load or "compiled" in load:
+            return Context.load(pmap, loader, **load)
+        store = DictStore()
+        try:  # a first, full load fills the store (a mapping that fails to build is not kept)
+            first = Context.load(pmap, loader, compiled=store, **load)
+            for instrument in first.instruments():
+                try:
+                    first.instrument(instrument)
+                except Exception:  # noqa: BLE001 - the test asserts these errors itself
+                    pass
+        except Exception:  # noqa: BLE001
+            pass
+        return Context.load(pmap, loader, compiled=store, **load)
 
 
 def one_rmap(parkey: tuple, selector: str, **header: Any) -> Context:

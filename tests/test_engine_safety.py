@@ -287,3 +287,32 @@ def test_crlf_mapping_files_verify_like_crds(tmp_path: Path) -> None:
 def test_set_mapping_checksum_round_trip() -> None:
     text = set_mapping_checksum("header = {\n    'sha1sum' : '0',\n}\nselector = {}\n")
     assert parse_mapping(text, "x.pmap").checksum_error is None
+
+
+# --- hostile regexes (issue 9, "Also") ------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["((A|AA)+$)", "((a+)+b)", "((x*)*y)", "(.*.*.*.*Z)",
+                                     "((a)\\1)", "(a{5000})"])
+def test_catastrophic_regex_values_are_refused_at_load(pattern: str) -> None:
+    """crds spends ~20 s per lookup on '((A|AA)+$)' with a 30-character value (x8 per 4
+    characters); the engine refuses such Match values when the rmap is built."""
+    context = one_rmap((("MODE",),), f"Match({{{pattern!r} : 'r.fits', 'B' : 'b.fits'}})")
+    started = time.monotonic()
+    with pytest.raises(MappingFormatError) as info:
+        context.best_references({"INSTRUME": "INST", "MODE": "A" * 40 + "B"})
+    assert time.monotonic() - started < 5
+    message = str(info.value)
+    assert "tobs_inst_thing_0001.rmap" in message and "is refused" in message
+    assert pattern in message
+
+
+def test_safe_regexes_still_match_and_long_values_are_bounded() -> None:
+    context = one_rmap((("MODE",),), "Match({'(F1.*W)' : 'f1.fits', '(.*.*X)' : 'x.fits'})")
+    assert lookup(context, MODE="F125W") == "f1.fits"
+    assert lookup(context, MODE="AAAX") == "x.fits"
+    started = time.monotonic()
+    long_value = "A" * 100_000  # over MAX_REGEX_INPUT: never regex-matched
+    assert lookup(context, MODE=long_value) == "NOT FOUND No match found."
+    assert lookup(context, MODE="F1" + "W" * 300) == "NOT FOUND No match found."
+    assert time.monotonic() - started < 5

@@ -591,12 +591,14 @@ class BestrefsResolver:
 def cache_source(cache: FileCache) -> MappingSource:
     """The engine's mapping source over the cache: mappings are fetched (verified) on first
     use and built ones are shared process-wide per cache folder."""
+    from .compiled import compiled_cache
     from .sources import callable_source
 
     identity = ("crds-fs-cache", str(cache.store.root), cache.observatory)
     return callable_source(cache.ensure, identity,
                            f"crds-fs cache {cache.store.root} ({cache.observatory})",
-                           cache.catalog.bad_files)
+                           cache.catalog.bad_files,
+                           compiled=compiled_cache(cache.settings.cache_dir))
 
 
 __all__ = [

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..client.names import is_safe_basename, observatory_of
 from ..config import OBSERVATORIES
-from ..engine import MAX_MAPPING_CHARS, Context
+from ..engine import MAX_MAPPING_CHARS, Context, mapping_required_parkeys
 from ..errors import ConfigError, MissingMappingError
 
 Loader = Callable[[str], str]
@@ -163,19 +163,41 @@ def read_bad_files(root: str | os.PathLike[str], observatory: str) -> frozenset[
     return frozenset(str(name) for name in bad)
 
 
+#: MappingSource.compiled default: the compiled cache of the default cache home.
+DEFAULT_COMPILED = "default"
+
+
 @dataclass
 class MappingSource:
-    """A loader plus what goes with it: identity (for the memo), bad files, a description."""
+    """A loader plus what goes with it: identity (for the memo), bad files, a description,
+    and the compiled-context cache parsed mappings are kept in between processes
+    (:mod:`.compiled`; ``"default"``: under the default cache home, None: none)."""
 
     loader: Loader
     identity: Any
     description: str
     bad_files: frozenset[str] = field(default_factory=frozenset)
+    compiled: Any = DEFAULT_COMPILED
+
+    def compiled_store(self) -> Any:
+        """The CompiledCache in use (None when disabled)."""
+        if isinstance(self.compiled, str) and self.compiled == DEFAULT_COMPILED:
+            from .compiled import compiled_cache
+
+            self.compiled = compiled_cache()
+        return self.compiled
 
     def load_context(self, name: str, *, ignore_checksum: bool = False) -> Context:
-        """Context *name* from this source, sharing built mappings process-wide."""
+        """Context *name* from this source, sharing built mappings process-wide and parsed
+        ones between processes (the compiled cache)."""
         return Context.load(name, self.loader, ignore_checksum=ignore_checksum,
-                            memo=shared_memo(self.identity))
+                            memo=shared_memo(self.identity), compiled=self.compiled_store())
+
+    def required_parkeys(self, name: str, *, ignore_checksum: bool = False) -> Any:
+        """get_required_parkeys for any .pmap/.imap/.rmap of this source."""
+        return mapping_required_parkeys(name, self.loader, ignore_checksum=ignore_checksum,
+                                        memo=shared_memo(self.identity),
+                                        compiled=self.compiled_store())
 
 
 def folder_source(folder: str | os.PathLike[str], *,
@@ -196,8 +218,10 @@ def cache_root_source(root: str | os.PathLike[str], observatory: str) -> Mapping
 
 
 def callable_source(fetch: Callable[[str], Any], identity: Any, description: str,
-                    bad_files: Iterable[str] = ()) -> MappingSource:
-    return MappingSource(loader_from_callable(fetch), identity, description, frozenset(bad_files))
+                    bad_files: Iterable[str] = (), *,
+                    compiled: Any = DEFAULT_COMPILED) -> MappingSource:
+    return MappingSource(loader_from_callable(fetch), identity, description, frozenset(bad_files),
+                         compiled)
 
 
 def source_for_path(path: str | os.PathLike[str], context: str) -> MappingSource:

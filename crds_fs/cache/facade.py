@@ -247,9 +247,23 @@ class FileCache:
         CacheFullError (disk full), and with *deadline* (time.monotonic()) / *cancelled*
         OpenTimeoutError / OpenInterruptedError (the download goes on for other waiters).
         """
-        path = self.fetcher.ensure(name, cancelled=cancelled, deadline=deadline)
-        self.record_use(name)
-        return path
+        for _attempt in range(3):
+            path = self.fetcher.ensure(name, cancelled=cancelled, deadline=deadline)
+            if self._on_disk_good(name, path):
+                self.record_use(name)
+                return path
+        raise DownloadError(f"'{name}' kept changing in the cache {self.store.root} while it "
+                            "was being fetched (another program writes there?)")
+
+    def _on_disk_good(self, name: str, path: Path) -> bool:
+        """One stat (and a hash only when the file is not the one verified): a path handed
+        out is never a truncated or rewritten copy; a bad one is removed for a refetch."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._forget(name)
+            return False
+        return self._still_good(name, path, st)
 
     def open_reader(self, name: str, *, cancelled: Callable[[], bool] | None = None,
                     deadline: float | None = None) -> Reader:

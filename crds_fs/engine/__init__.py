@@ -10,17 +10,22 @@ Typical use::
     from crds_fs.engine import Context
     ctx = Context.load("hst_0729.pmap", loader)
     ctx.best_references({"INSTRUME": "ACS", ...})   # {reftype: filename | "NOT FOUND ..."}
+
+``Context.load(..., compiled=store)`` keeps each mapping's parsed header and built selector
+tree in a :class:`CompiledStore` (bytes by text SHA-1, see :mod:`.compiled`); the mapping
+sources give it the on-disk compiled-context cache (:mod:`crds_fs.bestrefs.compiled`).
 """
 
 from .checksum import mapping_checksum, set_mapping_checksum
 from .conditioning import condition_header, condition_value
-from .context import Context, Instrument, mapping_required_parkeys
+from .context import CompiledStore, Context, Instrument, mapping_required_parkeys
 from .dates import reformat_date
 from .exceptions import crds_name_of
 from .parser import MAX_MAPPING_CHARS, MappingDoc, SelectorCall, parse_mapping
 
 __all__ = [
     "MAX_MAPPING_CHARS",
+    "CompiledStore",
     "Context",
     "Instrument",
     "MappingDoc",

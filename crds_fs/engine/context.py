@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import (
     BadReferenceError,
@@ -38,6 +38,7 @@ from ..errors import (
     MissingInstrumentError,
     UnknownInstrumentError,
 )
+from .compiled import pack, text_key, unpack
 from .conditioning import (
     condition_header,
     condition_value,
@@ -66,6 +67,23 @@ from .rules import (
 )
 
 Loader = Callable[[str], str]
+
+
+class CompiledStore(Protocol):
+    """Where compiled mappings are kept (see :mod:`.compiled`); the engine only hands it
+    bytes.  Implementations do the I/O and must not raise: a failed get is a miss.
+
+    ``put`` receives a function making the entry's bytes, so a store can pack and write
+    entries after the load (off the caller's critical path); it must ignore exceptions
+    from it (an entry that cannot be packed is simply not stored).
+    """
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, make: Callable[[], bytes]) -> None: ...
+
+    def discard(self, key: str) -> None: ...
+
 BestRefs = dict[str, Any]
 _MISSING = object()
 _SIMPLE = (str, float, int, bool)
@@ -109,8 +127,10 @@ class _Store:
     """Loads and builds mappings once per store (and per shared memo), under a lock."""
 
     def __init__(self, loader: Loader, ignore_checksum: bool,
-                 memo: MutableMapping[Any, Any] | None, max_chars: int) -> None:
+                 memo: MutableMapping[Any, Any] | None, max_chars: int,
+                 compiled: CompiledStore | None = None) -> None:
         self.loader = loader
+        self.compiled = compiled
         self.ignore_checksum = ignore_checksum
         self.memo: MutableMapping[Any, Any] = memo if memo is not None else {}
         self.max_chars = max_chars
@@ -124,12 +144,38 @@ class _Store:
                 if entry is None:
                     text = self.loader(name)
                     with _gc_paused():
-                        doc = parse_mapping(text, name, max_chars=self.max_chars)
-                        entry = _Built(build_rules(doc), doc.checksum_error)
+                        entry = self._build(text, name)
                     self.memo[name] = entry
         if entry.checksum_error and not self.ignore_checksum:
             raise whole_call_error(ChecksumError, "ChecksumError", entry.checksum_error)
         return entry.rules
+
+    def _build(self, text: str, name: str) -> _Built:
+        """Parse and build one mapping, or restore it from the compiled store.
+
+        The compiled entry is keyed by the SHA-1 of the text, so a changed file is a new
+        key; it is written only after the mapping parsed and built successfully, so a
+        restore reproduces a successful build.  An entry that fails to restore (damaged,
+        foreign) is discarded and the mapping is built from its text again, which also
+        rewrites the entry.
+        """
+        compiled = self.compiled
+        if compiled is None or not isinstance(text, str) or len(text) > self.max_chars:
+            doc = parse_mapping(text, name, max_chars=self.max_chars)
+            return _Built(build_rules(doc), doc.checksum_error)
+        key = text_key(text)
+        data = compiled.get(key)
+        if data is not None:
+            try:
+                doc, prebuilt = unpack(data, name)
+                return _Built(build_rules(doc, prebuilt), doc.checksum_error)
+            except Exception:  # noqa: BLE001 - damaged or foreign entry: rebuild from the text
+                compiled.discard(key)
+        doc = parse_mapping(text, name, max_chars=self.max_chars)
+        rules = build_rules(doc)
+        selector = rules.selector if isinstance(rules, ReferenceRules) else None
+        compiled.put(key, lambda: pack(doc, selector))  # (built objects are immutable)
+        return _Built(rules, doc.checksum_error)
 
     def instrument(self, imap_name: str) -> Instrument:
         key = ("instrument", imap_name)
@@ -139,7 +185,7 @@ class _Store:
                 self.rules(rmap_name)  # re-checks checksums for a strict store
             self.rules(imap_name)
             return found
-        with self.lock:
+        with self.lock, _gc_paused():  # one pause for the imap and all its rmaps
             imap = self.rules(imap_name)
             if not isinstance(imap, InstrumentRules):
                 raise format_error(imap_name, "is not an instrument mapping (.imap)")
@@ -181,11 +227,16 @@ class Context:
     @classmethod
     def load(cls, name: str, loader: Loader, *, ignore_checksum: bool = False,
              memo: MutableMapping[Any, Any] | None = None,
-             max_chars: int = MAX_MAPPING_CHARS) -> Context:
-        """Load pipeline context *name* through *loader* (instruments load on demand)."""
+             max_chars: int = MAX_MAPPING_CHARS,
+             compiled: CompiledStore | None = None) -> Context:
+        """Load pipeline context *name* through *loader* (instruments load on demand).
+
+        *compiled* (optional) keeps parsed mappings between processes (see
+        :class:`CompiledStore`); answers are the same with or without it.
+        """
         if not isinstance(name, str) or not name.endswith(".pmap"):
             raise ConfigError(f"{name!r} is not a pipeline context name (*.pmap)")
-        store = _Store(loader, ignore_checksum, memo, max_chars)
+        store = _Store(loader, ignore_checksum, memo, max_chars, compiled)
         pmap = store.rules(name)
         if not isinstance(pmap, PipelineRules):
             raise format_error(name, "is not a pipeline mapping")
@@ -456,12 +507,14 @@ def _header_to_instrument(parameters: Mapping[str, Any]) -> str:
 
 
 def mapping_required_parkeys(name: str, loader: Loader, *, ignore_checksum: bool = False,
-                             memo: MutableMapping[Any, Any] | None = None) -> Any:
+                             memo: MutableMapping[Any, Any] | None = None,
+                             compiled: CompiledStore | None = None) -> Any:
     """get_required_parkeys RPC for any mapping: pmap -> dict, imap/rmap -> list."""
     if name.endswith(".pmap"):
-        context = Context.load(name, loader, ignore_checksum=ignore_checksum, memo=memo)
+        context = Context.load(name, loader, ignore_checksum=ignore_checksum, memo=memo,
+                               compiled=compiled)
         return context.required_parkeys()
-    store = _Store(loader, ignore_checksum, memo, MAX_MAPPING_CHARS)
+    store = _Store(loader, ignore_checksum, memo, MAX_MAPPING_CHARS, compiled)
     if name.endswith(".imap"):
         return list(store.instrument(name).required_parkeys)
     rules = store.rules(name)

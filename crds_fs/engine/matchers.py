@@ -19,6 +19,16 @@ anything else      string equality
 
 Every matcher except ``N/A`` and ``NOT`` first applies the header-side rules: a value equal
 to the matcher's key, or ``*``, is a match; ``N/A`` is "don't care".
+
+Hostile regexes: Python's ``re`` backtracks, so ``((A|AA)+$)`` takes seconds per lookup and
+doubles with every few characters of the header value (crds has the same problem).  A
+``(regex)`` value is therefore checked when the rmap is built (:func:`check_regex`) and
+refused with a MappingFormatError naming the file when it could backtrack without bound
+(a repeated group holding a repetition or an alternation, a backreference, more than
+:data:`MAX_REGEX_REPEATS` unbounded repetitions, or a pattern longer than
+:data:`MAX_REGEX_CHARS`); header values longer than :data:`MAX_REGEX_INPUT` characters
+never match a ``(regex)`` value.  Together these bound one regex match to milliseconds.
+Real rmaps use no ``(regex)`` values at all.
 """
 
 from __future__ import annotations
@@ -73,17 +83,139 @@ class Matcher:
         return f"{type(self).__name__}({self.key!r})"
 
 
-class RegexMatcher(Matcher):
-    __slots__ = ("regex",)
+#: Longest ``(regex)`` pattern accepted in an rmap (characters).
+MAX_REGEX_CHARS = 1000
+#: Most unbounded repetitions (``*``, ``+``, ``{n,}``, ``{n,m}`` with m > 1) in one pattern;
+#: k consecutive ones cost up to ~n^k steps on an n-character value.
+MAX_REGEX_REPEATS = 3
+#: Longest header value tested against a ``(regex)`` value; longer values do not match.
+MAX_REGEX_INPUT = 256
 
-    def __init__(self, pattern: str) -> None:
+
+class HostileRegexError(ValueError):
+    """A ``(regex)`` match value that could take unbounded time to match."""
+
+
+def _scan_repeat(pattern: str, index: int) -> tuple[bool, int]:
+    """(is the quantifier at *index* a repetition of more than once, index after it)."""
+    char = pattern[index]
+    if char in "*+":
+        repeats, end = True, index + 1
+    elif char == "?":
+        return False, index + 1
+    else:  # "{": {m}, {m,}, {,n}, {m,n}; anything else is a literal brace for re
+        close = pattern.find("}", index)
+        body = pattern[index + 1:close] if close > 0 else ""
+        low, comma, high = body.partition(",")
+        if close < 0 or not (low.isdigit() or (comma and not low)) or (
+                high and not high.isdigit()) or (not comma and not low):
+            return False, index + 1
+        if comma and not high:
+            repeats = True
+        else:
+            top = int(high if comma else low)
+            if top > MAX_REGEX_CHARS:
+                raise HostileRegexError(f"repetition count {top} is over {MAX_REGEX_CHARS}")
+            repeats = top > 1
+        end = close + 1
+    if end < len(pattern) and pattern[end] in "?+":  # lazy / possessive forms
+        end += 1
+    return repeats, end
+
+
+def check_regex(pattern: str) -> None:
+    """Raise HostileRegexError when *pattern* could backtrack without bound (see module doc).
+
+    A conservative scan of the pattern text: groups are tracked on a stack with whether
+    their body repeats or alternates; a repeated group whose body does either is refused
+    (``(A|AA)+``, ``(a+)+``), as are backreferences and too many repetitions overall.
+    """
+    if len(pattern) > MAX_REGEX_CHARS:
+        raise HostileRegexError(f"pattern is {len(pattern)} characters, over {MAX_REGEX_CHARS}")
+    stack: list[list[bool]] = [[False, False]]  # per open group: [repeats inside, has "|"]
+    repeats = 0
+    last_group: list[bool] | None = None  # the group that just closed (quantifier target)
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            follower = pattern[index + 1:index + 2]
+            if follower.isdigit() and follower != "0":
+                raise HostileRegexError("backreferences are not allowed")
+            last_group = None
+            index += 2
+            continue
+        if char == "[":  # a character class: skip to its end
+            end = index + 1
+            if pattern[end:end + 1] == "^":
+                end += 1
+            if pattern[end:end + 1] == "]":
+                end += 1
+            while end < len(pattern) and pattern[end] != "]":
+                end += 2 if pattern[end] == "\\" else 1
+            last_group = None
+            index = end + 1
+            continue
+        if char == "(":
+            if pattern.startswith("(?P=", index):
+                raise HostileRegexError("backreferences are not allowed")
+            stack.append([False, False])
+            last_group = None
+            index += 1
+            continue
+        if char == ")" and len(stack) > 1:
+            last_group = stack.pop()
+            index += 1
+            if index < len(pattern) and pattern[index] in "*+?{":
+                repeated, index = _scan_repeat(pattern, index)
+                if repeated:
+                    if last_group[0] or last_group[1]:
+                        raise HostileRegexError(
+                            "a repeated group contains a repetition or alternatives "
+                            "(nested quantifiers backtrack exponentially)")
+                    repeats += 1
+                    stack[-1][0] = True
+                if last_group[0]:
+                    stack[-1][0] = True
+            elif last_group[0]:
+                stack[-1][0] = True
+            continue
+        if char == "|":
+            stack[-1][1] = True
+        elif char in "*+{" and index > 0:
+            repeated, end = _scan_repeat(pattern, index)
+            if repeated:
+                repeats += 1
+                stack[-1][0] = True
+            index = end
+            continue
+        index += 1
+    if repeats > MAX_REGEX_REPEATS:
+        raise HostileRegexError(
+            f"{repeats} unbounded repetitions, over the limit of {MAX_REGEX_REPEATS}")
+
+
+class RegexMatcher(Matcher):
+    __slots__ = ("regex", "bounded")
+
+    def __init__(self, pattern: str, *, trusted: bool = False) -> None:
         super().__init__(pattern)
+        if not trusted:
+            try:
+                check_regex(pattern)
+            except HostileRegexError as exc:
+                raise HostileRegexError(
+                    f"Match value '({pattern})' is refused: {exc}; such a regex can take "
+                    "minutes per lookup (limits: docs/limits.md)") from None
         self.regex = re.compile(pattern)
+        self.bounded = not trusted
 
     def match(self, value: str) -> int:
         result = Matcher.match(self, value)
         if result != -1:
             return result
+        if self.bounded and len(value) > MAX_REGEX_INPUT:
+            return -1
         return 1 if self.regex.match(value) else -1
 
 
@@ -94,7 +226,9 @@ class GlobMatcher(RegexMatcher):
 
     def __init__(self, key: str) -> None:
         parts = glob_parts(key)
-        super().__init__("^(" + "|".join(fnmatch.translate(part) for part in parts) + ")$")
+        # fnmatch's translation is linear-time (it avoids nested repetition), so trusted.
+        super().__init__("^(" + "|".join(fnmatch.translate(part) for part in parts) + ")$",
+                         trusted=True)
         plain = all(not any(c in part for c in "*?[") for part in parts)
         self.literals: tuple[str, ...] | None = tuple(parts) if plain else None
 

@@ -19,7 +19,13 @@ from .expressions import Expression, ExpressionError, compile_expression
 from .hooks import resolve_hook
 from .observatories import Observatory, observatory_policy
 from .parser import MappingDoc, SelectorCall, format_error
-from .selectors import DEFAULT_SUBSTITUTIONS, RmapSettings, Selector, build_selector
+from .selectors import (
+    DEFAULT_SUBSTITUTIONS,
+    RmapSettings,
+    Selector,
+    build_selector,
+    restore_selector,
+)
 
 NA_VALUES = frozenset(("N/A", "TEMP_N/A", "n/a", "temp_n/a"))
 OMIT_VALUES = frozenset(("OMIT", "TEMP_OMIT", "omit", "temp_n/a"))
@@ -129,7 +135,7 @@ class ReferenceRules:
 
     kind = "reference mapping"
 
-    def __init__(self, doc: MappingDoc) -> None:
+    def __init__(self, doc: MappingDoc, prebuilt: Any = None) -> None:
         self.name = doc.name
         self.raw_header = doc.header
         header = HeaderView(doc.header)
@@ -144,7 +150,7 @@ class ReferenceRules:
         self.extra_keys = tuple(header.get("extra_keys", ()))
         self.reffile_switch = str(header.get("reffile_switch", "NONE")).upper()
         self.reffile_required = str(header.get("reffile_required", "NONE")).upper()
-        self.selector = self._build_selector(doc, header)
+        self.selector = self._build_selector(doc, header, prebuilt)
         self.required_parkeys = self._required_parkeys()
         self._init_expressions(header)
         hooks = header.get("hooks", None)
@@ -157,8 +163,8 @@ class ReferenceRules:
 
     # -- construction ---------------------------------------------------------------------
 
-    def _build_selector(self, doc: MappingDoc, header: HeaderView) -> Selector:
-        if not isinstance(doc.selector, SelectorCall):
+    def _build_selector(self, doc: MappingDoc, header: HeaderView, prebuilt: Any) -> Selector:
+        if prebuilt is None and not isinstance(doc.selector, SelectorCall):
             raise format_error(
                 doc.name, "an rmap selector must be a selector call like Match({...})"
             )
@@ -168,6 +174,8 @@ class ReferenceRules:
             merge_overlaps=True if merge is None else str(merge).upper() in ("TRUE", "1"),
             substitutions=_substitutions(header.get("substitutions", {}), doc.name),
         )
+        if prebuilt is not None:  # from the compiled cache: built from this text before
+            return restore_selector(prebuilt, settings)
         try:
             return build_selector(doc.selector, tuple(self.parkey), settings)
         except MappingFormatError:
@@ -326,8 +334,17 @@ def _substitutions(value: Any, name: str) -> dict[str, Any]:
     return table
 
 
-def build_rules(doc: MappingDoc) -> PipelineRules | InstrumentRules | ReferenceRules:
-    """Build the rules object for a parsed mapping, by file extension like crds."""
+def build_rules(doc: MappingDoc, prebuilt: Any = None
+                ) -> PipelineRules | InstrumentRules | ReferenceRules:
+    """Build the rules object for a parsed mapping, by file extension like crds.
+
+    *prebuilt*: an rmap's exported selector tree (compiled cache) to restore instead of
+    building it from ``doc.selector``.
+    """
+    if prebuilt is not None:
+        if not doc.name.endswith(".rmap"):
+            raise ValueError("only reference mappings have a prebuilt selector")
+        return ReferenceRules(doc, prebuilt)
     if doc.name.endswith(".pmap"):
         return PipelineRules(doc)
     if doc.name.endswith(".imap"):

@@ -874,3 +874,107 @@ SELECTOR_CLASSES: dict[str, Callable[..., Selector]] = {
     "GeometricallyNearest": GeometricallyNearestSelector,
     "Bracket": BracketSelector,
 }
+
+
+# -- built selectors as plain data (the compiled-context cache) -------------------------------
+#
+# A built selector tree is exported as nested tuples of plain values and restored without
+# conditioning, sorting or indexing again.  Exported node: (b"S", short name, parameters,
+# selections, parkey map, match columns | None) where selections is [(key, value), ...] in
+# built (sorted) order; a value that is itself a selector is such a node, a VersionRelation
+# key is (b"V", text).  Parsed mapping data never holds bytes, so a tuple starting with bytes
+# is never a leaf.  Everything else a selector holds is derived (keys, choices, getters) or
+# a per-process cache (merged ties, weight groups, locks), rebuilt on restore.
+
+_EXPORTED_FIELDS = frozenset(("parameters", "selections", "parkey_map", "_fused", "columns",
+                              "settings", "keys", "choices", "all_rows", "_merged", "_groups",
+                              "_lock", "_values"))
+
+
+class NotExportable(ValueError):
+    """A selector holding state this exporter does not know (the caller keeps the parse)."""
+
+
+def export_selector(selector: Selector) -> tuple[Any, ...]:
+    """*selector* (just built, before any lookup) as plain data for :func:`restore_selector`.
+
+    Leaves are not inspected: they come from the parse (plain data), and marshal refuses
+    anything else, which makes the caller keep the parse instead.
+    """
+    state = selector.__dict__
+    unknown = set(state) - _EXPORTED_FIELDS
+    if unknown or type(selector) not in _CLASS_NAMES:
+        raise NotExportable(f"{type(selector).__name__} holds {sorted(unknown)}")
+    nested = any(issubclass(kind, Selector)
+                 for kind in set(map(type, map(_SECOND, selector.selections))))
+    versions = isinstance(selector, SelectVersionSelector)
+    if nested or versions:
+        selections: list[tuple[Any, Any]] = [
+            ((b"V", key.text) if versions else key,
+             export_selector(value) if isinstance(value, Selector) else value)
+            for key, value in selector.selections]
+    else:
+        selections = selector.selections
+    columns = None
+    if isinstance(selector, MatchSelector):
+        columns = (selector._fused, [
+            (c.name, c.exact, c.exact_all, c.na, [(key, rows) for key, (_, rows)
+                                                   in c.special.items()], c.valid)
+            for c in selector.columns])
+    return (b"S", _CLASS_NAMES[type(selector)], selector.parameters, selections,
+            selector.parkey_map, columns, nested)
+
+
+def restore_selector(node: Any, settings: RmapSettings) -> Selector:
+    """The selector exported as *node* (raises ValueError/TypeError when it is malformed)."""
+    if type(node) is not tuple or len(node) != 7 or node[0] != b"S":
+        raise ValueError("not an exported selector")
+    _, kind, parameters, selections, parkey_map, columns, nested = node
+    cls = SELECTOR_CLASSES[kind]
+    selector = cls.__new__(cls)  # type: ignore[call-overload]
+    selector.parameters = tuple(parameters)
+    selector.settings = settings
+    if type(selections) is not list or type(parkey_map) is not dict:
+        raise TypeError("malformed exported selector")
+    if nested:
+        selections = [(key, restore_selector(value, settings)
+                       if type(value) is tuple and value and type(value[0]) is bytes else value)
+                      for key, value in selections]
+    if cls is SelectVersionSelector:
+        selections = [(VersionRelation(key[1]), value) for key, value in selections]
+    selector.selections = selections
+    selector.keys = [key for key, _ in selections]
+    selector.parkey_map = parkey_map
+    if isinstance(selector, UseAfterSelector):
+        selector._values = _tuple_getter(selector.parameters)
+    if isinstance(selector, MatchSelector):
+        _restore_match(selector, columns)
+    return selector
+
+
+def _restore_match(selector: MatchSelector, columns: Any) -> None:
+    fused, exported = columns
+    selector._fused = bool(fused)
+    selector.choices = [choice for _, choice in selector.selections]
+    selector.all_rows = (1 << len(selector.selections)) - 1
+    selector.columns = []
+    classify: dict[Any, Any] = {}
+    for name, exact, exact_all, na, special, valid in exported:
+        column = _Column.__new__(_Column)
+        column.name = name
+        column.exact = exact
+        column.exact_all = exact_all
+        column.na = na
+        column.special = {key: [_classify(key, classify)[1], rows] for key, rows in special}
+        column.set_valid(valid)
+        selector.columns.append(column)
+    if len(selector.columns) != len(selector.parameters):
+        raise ValueError("column count differs from the parameters")
+    selector._merged = {}
+    selector._groups = {}
+    selector._lock = threading.Lock()
+    selector._values = _tuple_getter(selector.parameters)
+
+
+_SECOND = operator.itemgetter(1)
+_CLASS_NAMES: dict[type, str] = {cls: name for name, cls in SELECTOR_CLASSES.items()}
