@@ -11,7 +11,7 @@ import click
 
 from ..config import OBSERVATORIES, default_cache_dir
 from ..errors import ConfigError
-from . import cli
+from . import cli, use_log_format
 
 
 def default_index_dir(root: Path) -> Path:
@@ -62,10 +62,9 @@ def serve(root: Path, host: str, port: int, observatory: str | None, datasets: P
     from ..server.store import ServedRoot
 
     logger = logging.getLogger("crds_fs.server")
+    use_log_format()  # timestamped lines, like the mount log (uvicorn's go through it too)
     if not quiet:
         logger.setLevel(logging.INFO)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(format="crds-fs %(levelname)s %(name)s: %(message)s")
     store = ServedRoot(root, index_dir or default_index_dir(root),
                        rescan_interval=rescan_interval)
     if not store.observatories:
@@ -79,7 +78,7 @@ def serve(root: Path, host: str, port: int, observatory: str | None, datasets: P
                             max_body=max_body)
     app = create_app(store, options)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=5,
+                            log_config=None, lifespan="off", timeout_graceful_shutdown=5,
                             server_header=False)
     click.echo(f"crds-fs serve: {store.root} ({', '.join(store.observatories)}) on "
                f"http://{host}:{port}/", err=True)
