@@ -119,7 +119,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
                        nonempty=nonempty)
         return
     check_mountpoint(mountpoint, nonempty=nonempty)
-    log_path = log_file or Path(settings.cache_dir) / "logs" / "mount.log"
+    log_path = Path(os.path.abspath(log_file or Path(settings.cache_dir) / "logs" / "mount.log"))
     args = _child_args(ctx, settings, mountpoint)
     info = start_daemon(args, mountpoint, log_path, ready_timeout)
     mount = info.get("mount", {})
