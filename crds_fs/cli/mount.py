@@ -204,8 +204,12 @@ def check_mountpoint(mountpoint: Path, *, nonempty: bool = False) -> None:
         raise MountError(f"{mountpoint} is already a mount point (st_dev {st.st_dev}); "
                          f"unmount it first (`crds-fs umount {mountpoint}`)")
     if not nonempty:
-        with os.scandir(mountpoint) as entries:
-            names = [entry.name for _, entry in zip(range(3), entries, strict=False)]
+        try:
+            with os.scandir(mountpoint) as entries:
+                names = [entry.name for _, entry in zip(range(3), entries, strict=False)]
+        except OSError as exc:
+            raise MountError(f"mount point {mountpoint} cannot be read ({exc.strerror}); "
+                             "mount on a folder you can read") from None
         if names:
             shown = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
             raise MountError(
