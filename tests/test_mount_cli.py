@@ -8,6 +8,7 @@ online and read-only.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -54,11 +55,27 @@ def test_background_mount_is_online_read_only_and_forwards_only_given_options(
     assert "--engine" not in args and "--poll" not in args
     assert args.count("-v") == 1 and args.index("-v") < args.index("mount")
     assert "ro" in proc_mounts_options(mount.mountpoint)
+    with pytest.raises(OSError) as info:  # registration needs -o rw (see the next test)
+        os.symlink(demo_server.root / "datasets" / "j9demo01q_raw.fits",
+                   mount.path("bestrefs", "mine"))
+    assert info.value.errno == errno.EROFS
     # and it serves: a reference is fetched through it
     data = mount.path("references", "hst", "hst_acs_bpixtab_9301.fits").read_bytes()
     assert data == (Path(demo_server.root) / "references" / "hst" /
                     "hst_acs_bpixtab_9301.fits").read_bytes()
     assert mount.stats()["cache"]["downloads_done"] == 1
+
+
+def test_rw_option_allows_registering_datasets(mounter: Mounter, demo_server) -> None:
+    mount = mounter(demo_server.url, "-o", "rw")
+    options = proc_mounts_options(mount.mountpoint)
+    assert "rw" in options and "ro" not in options
+    os.symlink(demo_server.root / "datasets" / "j9demo01q_raw.fits",
+               mount.path("bestrefs", "mine"))
+    assert "bestrefs.json" in os.listdir(mount.path("bestrefs", "mine"))
+    with pytest.raises(OSError) as info:  # everything else stays read-only
+        os.open(mount.path("references", "hst", "new.fits"), os.O_WRONLY | os.O_CREAT)
+    assert info.value.errno == errno.EROFS
 
 
 def test_non_empty_mount_point_is_refused_with_the_override(mounter: Mounter,

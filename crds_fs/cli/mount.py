@@ -79,7 +79,8 @@ OUR_FUSE_OPTS = frozenset({"nonempty"})
               show_default=True, help="Seconds to wait for the daemon to be ready.")
 @click.option("-o", "fuse_opts", multiple=True, metavar="OPT[=VAL]",
               help="Extra libfuse option, e.g. -o allow_other (repeatable); "
-                   "-o nonempty is --nonempty.")
+                   "-o nonempty is --nonempty; -o rw mounts read-write (not ro) so that "
+                   "`ln -s`/`rm` in bestrefs/ can register datasets.")
 @click.option("--nonempty", is_flag=True,
               help="Mount even when MOUNTPOINT is not empty (its entries are hidden while "
                    "mounted).")
@@ -359,7 +360,10 @@ def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
 
     try:
         extra = {k: v for k, v in _parse_fuse_opts(fuse_opts).items() if k not in OUR_FUSE_OPTS}
-        run_fuse(operations, str(mountpoint), **fuse_options(extra=extra))
+        options = fuse_options(extra=extra)
+        if options.pop("rw", False):  # -o rw: writable, for `ln -s`/`rm` in bestrefs/ only
+            options.pop("ro", None)
+        run_fuse(operations, str(mountpoint), **options)
     except CrdsFsError as exc:
         status.send(f"error: {exc}")
         raise
