@@ -345,8 +345,10 @@ def test_demo_command_mounts_and_cleans_up(tmp_path: Path) -> None:
             data / "mappings" / OBS / spec.OPERATIONAL_CONTEXT).read_bytes()
         # the printed API example works, and its downloads are the mount's (counted)
         api = next(line for line in printed.splitlines() if "crds_fs.api as api" in line)
-        done = subprocess.run(api.strip(), shell=True, env=env, capture_output=True,
-                              text=True, timeout=120)
+        user_home = tmp_path / "user-home"  # the user's own run: astropy < 7 writes HOME
+        user_home.mkdir()
+        done = subprocess.run(api.strip(), shell=True, env={**env, "HOME": str(user_home)},
+                              capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert f"'pfltfile': '{mountpoint}/{ref}'" in done.stdout
         stats = _stats(mountpoint)

@@ -6,6 +6,7 @@ Generation lives in `crds_fs.demo.generate`, process orchestration in
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -80,6 +81,17 @@ def demo_data(directory: Path, large_mb: int, seed: int) -> None:
     click.echo(f"Written in {time.monotonic() - started:.1f}s.")
 
 
+def _keep_home_clean(workdir: Path) -> None:
+    """Point the per-user config and cache folders (XDG) of this process and its children
+    into the work folder, so the demo leaves nothing in HOME: astropy < 7 creates
+    ~/.astropy/config on import unless $XDG_CONFIG_HOME/astropy exists (its documented
+    rule, hence the mkdir), and crds-fs's own defaults follow XDG_CACHE_HOME."""
+    for variable, folder in (("XDG_CONFIG_HOME", "xdg-config"), ("XDG_CACHE_HOME", "xdg-cache")):
+        path = workdir / folder
+        (path / "astropy").mkdir(parents=True, exist_ok=True)
+        os.environ[variable] = str(path)
+
+
 class _Stop(Exception):
     """Raised from the signal handler to leave the wait loop."""
 
@@ -143,14 +155,15 @@ def demo(mountpoint: Path, port: int, data_dir: Path | None, large_mb: int) -> N
     Runs until Ctrl-C (or SIGTERM), then unmounts, stops the server and removes its
     temporary files (the data too, unless --data was given).
     """
-    from ..demo.generate import generate
-    from ..demo.session import DemoSession
-
     # Started from a script (`crds-fs demo DIR &` in a non-interactive shell) the process
     # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler:
     # Ctrl-C / kill -INT must still stop the demo cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     workdir = Path(tempfile.mkdtemp(prefix="crds-fs-demo-"))
+    _keep_home_clean(workdir)  # before astropy is imported (by the generator)
+    from ..demo.generate import generate
+    from ..demo.session import DemoSession
+
     session = DemoSession(data_dir or workdir / "data", port=port or None, workdir=workdir,
                           remove_workdir=True)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
