@@ -129,6 +129,8 @@ class Session:
 
         def ensure(name: str) -> Path:
             nonlocal done
+            if self.mount is not None:
+                self._open_through_mount(name)
             path = self.cache.ensure(name)
             with lock:
                 done += 1
@@ -137,6 +139,17 @@ class Session:
 
         with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
             return list(pool.map(ensure, names))
+
+    def _open_through_mount(self, name: str) -> None:
+        """Have the mount's daemon fetch *name* (its first open does), so the download is
+        its own: one fetcher, counted in the mount's `.crds-fs/stats`.  A failure is left
+        to the `cache.ensure` that follows, which reports it in full."""
+        try:
+            with open(self.path_of(name, Path(name)), "rb"):
+                pass
+        except OSError as exc:
+            log.debug("opening %s through the mount %s failed (%s); fetching directly",
+                      name, self.mount, exc)
 
     def get_dataset_header(self, context: str | None, dataset: str | Path) -> dict[str, str]:
         """The keywords of *dataset* that *context* matches on (its mappings are cached)."""

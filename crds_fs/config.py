@@ -93,6 +93,17 @@ def _env_size(name: str, default: int) -> int:
     return parse_size(value, what=f"environment variable {name}")
 
 
+def check_server_url(url: str, origin: str = "--server or CRDS_SERVER_URL") -> str:
+    """*url* when it is an http(s) URL; else a ConfigError that says how to write it
+    (a bare `host:port` would otherwise fail later as an obscure connection error)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("http", "https") or not url.split("://", 1)[1].strip("/"):
+        example = url.split("://", 1)[-1] or "127.0.0.1:8000"
+        raise ConfigError(f"server URL {url!r} (from {origin}) is not an http:// or https:// "
+                          f"URL; write it with its scheme, e.g. http://{example}")
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the layers need to know about where and how to talk and store."""
@@ -143,6 +154,9 @@ class Settings:
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "server_url" in clean:
             clean["server_url"] = str(clean["server_url"]).rstrip("/")
+            check_server_url(clean["server_url"], "--server")  # type: ignore[arg-type]
+        else:
+            check_server_url(settings.server_url, "CRDS_SERVER_URL")
         if "cache_dir" in clean:
             clean["cache_dir"] = Path(clean["cache_dir"])  # type: ignore[arg-type]
         return replace(settings, **clean)  # type: ignore[arg-type]

@@ -124,7 +124,8 @@ def test_ln_s_registers_and_rm_forgets(mounter, server, demo_root: Path,
     datasets.mkdir()
     shutil.copy(demo_root / "datasets" / "l9demo01q_rawtag.fits", datasets)
     cache = tmp_path / "cache"
-    mount = mounter(server.url, "--datasets", str(datasets), cache_dir=cache)
+    # -o rw: the mount is ro (as /proc/mounts shows) unless registration is wanted
+    mount = mounter(server.url, "--datasets", str(datasets), "-o", "rw", cache_dir=cache)
     bestrefs = mount.path("bestrefs")
 
     os.symlink(mine, bestrefs / "mine")
@@ -162,7 +163,7 @@ def test_ln_s_registers_and_rm_forgets(mounter, server, demo_root: Path,
 
     # Registrations survive a remount (they live in the cache index).
     assert mount.umount().returncode == 0
-    again = mounter(server.url, "--datasets", str(datasets), cache_dir=cache)
+    again = mounter(server.url, "--datasets", str(datasets), "-o", "rw", cache_dir=cache)
     assert sorted(os.listdir(again.path("bestrefs"))) == ["l9demo01q_rawtag", "mine"]
     os.unlink(again.path("bestrefs", "mine"))
     assert os.listdir(again.path("bestrefs")) == ["l9demo01q_rawtag"]

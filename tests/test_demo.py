@@ -295,16 +295,31 @@ class _Lines:
         raise AssertionError(f"{text!r} not printed within {timeout}s:\n{''.join(self.seen)}")
 
 
+def _ignore_sigint() -> None:  # pragma: no cover - runs in the child before exec
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stats(mountpoint: Path) -> dict:
+    return json.loads((mountpoint / ".crds-fs" / "stats").read_text())["cache"]
+
+
 @pytest.mark.fuse
 @pytest.mark.skipif(not _fuse_usable(), reason="needs /dev/fuse and fusermount3")
 @pytest.mark.skipif(not _mount_command_exists(), reason="crds-fs mount not available")
 def test_demo_command_mounts_and_cleans_up(tmp_path: Path) -> None:
+    """The demo as a script starts it: SIGINT ignored (what a background job of a
+    non-interactive shell inherits) and an empty HOME, which must stay empty."""
     from tests.helpers import free_port
 
     mountpoint, data, port = tmp_path / "mnt", tmp_path / "data", free_port()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if (not k.startswith(("CRDS_", "XDG_")) or k == "CRDS_FS_TESTING")}
+    env["HOME"] = str(home)
     proc = subprocess.Popen(
         [sys.executable, "-m", "crds_fs.cli", "demo", str(mountpoint), "--port", str(port),
-         "--data", str(data), "--large-mb", "1"],
+         "--data", str(data), "--large-mb", "1"], env=env, preexec_fn=_ignore_sigint,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = _Lines(proc.stdout)
     try:
@@ -313,17 +328,36 @@ def test_demo_command_mounts_and_cleans_up(tmp_path: Path) -> None:
         lines.wait_for("ready", 120)
         assert os.path.ismount(mountpoint)
         assert port_open(port)
+        printed = "".join(lines.seen)
+        # nothing fetched before "ready": the examples are printed, not run
+        assert _stats(mountpoint)["downloads_done"] == 0
+        assert _stats(mountpoint)["cached_files"] == 0
+        assert "{'bpixtab'" not in printed
+        # bestrefs/ lists the demo datasets
+        assert sorted(os.listdir(mountpoint / "bestrefs")) == sorted(
+            Path(d.file_name).stem for d in spec.DATASETS)
         ref = "references/hst/hst_acs_pfltfile_9201.fits"
         assert sha1(mountpoint / ref) == sha1(data / ref)
+        assert _stats(mountpoint)["downloads_done"] == 1 == _stats(mountpoint)["cached_files"]
         with fits.open(mountpoint / ref) as hdul:
             assert hdul[0].header["INSTRUME"] == "ACS"
         assert (mountpoint / "mappings" / OBS / spec.OPERATIONAL_CONTEXT).read_bytes() == (
             data / "mappings" / OBS / spec.OPERATIONAL_CONTEXT).read_bytes()
+        # the printed API example works, and its downloads are the mount's (counted)
+        api = next(line for line in printed.splitlines() if "crds_fs.api as api" in line)
+        user_home = tmp_path / "user-home"  # the user's own run: astropy < 7 writes HOME
+        user_home.mkdir()
+        done = subprocess.run(api.strip(), shell=True, env={**env, "HOME": str(user_home)},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"'pfltfile': '{mountpoint}/{ref}'" in done.stdout
+        stats = _stats(mountpoint)
+        assert stats["downloads_done"] == stats["cached_files"] > 2
         proc.send_signal(signal.SIGINT)
         assert proc.wait(90) == 0, "".join(lines.seen)
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
@@ -335,6 +369,7 @@ def test_demo_command_mounts_and_cleans_up(tmp_path: Path) -> None:
     assert not port_open(port)
     assert not workdir.exists()
     assert (data / "mappings" / OBS / spec.OPERATIONAL_CONTEXT).is_file()  # --data is kept
+    assert sorted(str(p) for p in home.rglob("*")) == []  # nothing left in ~/.cache
 
 
 @pytest.mark.skipif(not _mount_command_exists(), reason="crds-fs mount not available")

@@ -181,12 +181,15 @@ def test_umount_waits_for_the_daemon(mounter: Mounter, demo_proxy) -> None:
     assert again.returncode != 0 and "not mounted" in again.stderr
 
 
-def test_busy_mount_is_unmounted_lazily(mounter: Mounter, demo_proxy) -> None:
+def test_busy_mount_stays_unless_lazy(mounter: Mounter, demo_proxy) -> None:
     mount = mounter(demo_proxy.url)
     holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                               cwd=mount.path("references", "hst"), stdin=subprocess.PIPE)
     try:
-        result = mount.umount()
+        refused = mount.umount()
+        assert refused.returncode == 1 and "busy" in refused.stderr
+        assert is_mounted(mount.mountpoint)
+        result = run(sys.executable, "-m", "crds_fs.cli", "umount", "--lazy", mount.mountpoint)
         assert result.returncode == 0, result.stderr
         assert "busy" in result.stderr and "lazily" in result.stderr
         assert not is_mounted(mount.mountpoint)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,6 @@ if TYPE_CHECKING:  # imported lazily at run time: numpy/astropy are slow to impo
 
 #: the dataset used in the printed examples
 EXAMPLE_DATASET = "j9demo01q_raw.fits"
-API_TIMEOUT = 120.0
 
 
 def _size(num: float) -> str:
@@ -83,6 +81,17 @@ def demo_data(directory: Path, large_mb: int, seed: int) -> None:
     click.echo(f"Written in {time.monotonic() - started:.1f}s.")
 
 
+def _keep_home_clean(workdir: Path) -> None:
+    """Point the per-user config and cache folders (XDG) of this process and its children
+    into the work folder, so the demo leaves nothing in HOME: astropy < 7 creates
+    ~/.astropy/config on import unless $XDG_CONFIG_HOME/astropy exists (its documented
+    rule, hence the mkdir), and crds-fs's own defaults follow XDG_CACHE_HOME."""
+    for variable, folder in (("XDG_CONFIG_HOME", "xdg-config"), ("XDG_CACHE_HOME", "xdg-cache")):
+        path = workdir / folder
+        (path / "astropy").mkdir(parents=True, exist_ok=True)
+        os.environ[variable] = str(path)
+
+
 class _Stop(Exception):
     """Raised from the signal handler to leave the wait loop."""
 
@@ -97,8 +106,11 @@ def _crds_env(mountpoint: Path, server_url: str) -> str:
 
 
 def _instructions(info: DemoInfo, session: DemoSession, mountpoint: Path) -> str:
+    """What to try, printed only: nothing is read or fetched until the user runs it (so
+    "fetched on first read" is true, and `.crds-fs/stats` counts what the user caused)."""
     dataset = info.dataset_dir / EXAMPLE_DATASET
     q = shlex.quote
+    python = q(sys.executable)  # the interpreter that has crds-fs (and crds, astropy)
     lines = ["", f"Server:  {session.url}/  (log: {session.server_log})"]
     big = mountpoint / "references" / "hst" / "hst_acs_pfltfile_9201.fits"
     view = mountpoint / "bestrefs" / dataset_name(dataset)
@@ -110,40 +122,22 @@ def _instructions(info: DemoInfo, session: DemoSession, mountpoint: Path) -> str
         f"  ls -l {q(str(mountpoint / 'references' / 'hst'))}",
         f"  cat {q(str(mountpoint / 'mappings' / 'hst' / info.context))}",
         f"  sha1sum {q(str(big))}      # fetched on first read, then cached",
-        f"  python -c \"from astropy.io import fits; fits.info('{big}')\"",
+        f"  {python} -c \"from astropy.io import fits; fits.info('{big}')\"",
+        f"  ls {q(str(mountpoint / 'bestrefs'))}/          # the demo datasets",
         f"  ls -l {q(str(view))}/        # best references as symlinks",
         f"  ls -l {q(str(mountpoint / 'bestrefs' / 'J9DEMO02Q'))}/   # an ID the server knows",
         f"  cat {q(str(mountpoint / '.crds-fs' / 'stats'))}",
         "  # unmodified crds, reading the mount as its cache:",
         f"  {_crds_env(mountpoint, session.url)} \\",
-        "    python -c \"import crds; from crds import data_file; print(crds.getreferences("
+        f"    {python} -c \"import crds; from crds import data_file; print(crds.getreferences("
         f"data_file.get_header('{dataset}'), observatory='hst'))\"",
+        "  # the Python API, through the mount (its downloads show in .crds-fs/stats):",
+        f"  {python} -c \"import crds_fs.api as api; print(api.cache_best_references_for_dataset("
+        f"{info.context!r}, '{dataset}', mount='{mountpoint}'))\"",
     ]
     lines += ["", f"Intended best references of {dataset.name} under {info.context}:"]
     lines += [f"  {k:9s} {v}" for k, v in sorted(info.expected_for(dataset).items())]
     return "\n".join(lines)
-
-
-def _api_example(info: DemoInfo, session: DemoSession, mountpoint: Path) -> str:
-    """Run the seed's Python API example in a child process against the mount; its output.
-
-    With ``mount=`` the API returns paths inside the mount (fetched through it).
-    """
-    dataset = info.dataset_dir / EXAMPLE_DATASET
-    call = (f"crds_fs.api.cache_best_references_for_dataset({info.context!r}, "
-            f"{str(dataset)!r}, mount={str(mountpoint)!r})")
-    env = {**os.environ, "CRDS_SERVER_URL": session.url, "CRDS_OBSERVATORY": info.observatory,
-           "CRDS_FS_CACHE": str(session.workdir / "api-cache")}
-    code = f"import crds_fs.api, pprint; pprint.pprint({call})"
-    try:
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=API_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        return f"\nPython API: {call} did not finish within {API_TIMEOUT:.0f}s (skipped)."
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"\nPython API example skipped ({last})."
-    return f"\nPython API:\n  >>> import crds_fs.api\n  >>> {call}\n{done.stdout.rstrip()}"
 
 
 @cli.command("demo")
@@ -161,10 +155,15 @@ def demo(mountpoint: Path, port: int, data_dir: Path | None, large_mb: int) -> N
     Runs until Ctrl-C (or SIGTERM), then unmounts, stops the server and removes its
     temporary files (the data too, unless --data was given).
     """
+    # Started from a script (`crds-fs demo DIR &` in a non-interactive shell) the process
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler:
+    # Ctrl-C / kill -INT must still stop the demo cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    workdir = Path(tempfile.mkdtemp(prefix="crds-fs-demo-"))
+    _keep_home_clean(workdir)  # before astropy is imported (by the generator)
     from ..demo.generate import generate
     from ..demo.session import DemoSession
 
-    workdir = Path(tempfile.mkdtemp(prefix="crds-fs-demo-"))
     session = DemoSession(data_dir or workdir / "data", port=port or None, workdir=workdir,
                           remove_workdir=True)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
@@ -176,7 +175,6 @@ def demo(mountpoint: Path, port: int, data_dir: Path | None, large_mb: int) -> N
         session.start_server()
         session.mount(mountpoint)
         click.echo(_instructions(info, session, session.mountpoint))
-        click.echo(_api_example(info, session, session.mountpoint))
         click.echo("\ncrds-fs demo: ready. Press Ctrl-C to unmount and stop.")
         while (failure := session.problem()) is None:
             time.sleep(0.5)

@@ -6,8 +6,12 @@ readable) or the child reports why it could not mount; the exit status says whic
 child tells the parent over a pipe (`--status-fd`), so errors reach the terminal even
 though the daemon's own output goes to the log.
 
-`umount` asks the daemon's pid from `.crds-fs/stats`, runs `fusermount3 -u` (falling back
-to a lazy unmount when busy) and waits for the daemon to exit.
+`mount` checks the mount point as mount tools do (exists, is a directory, not mounted
+already, empty unless --nonempty) and mounts read-only (`ro` in /proc/mounts).
+
+`umount` asks the daemon's pid from `.crds-fs/stats`, runs `fusermount3 -u` and waits for
+the daemon to exit.  A busy mount is left mounted and the processes using it are named
+(from /proc), unless --lazy detaches it anyway.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import click
 
 from ..config import OBSERVATORIES, Settings, parse_size
 from ..errors import CrdsFsError, MountError
-from . import cli
+from . import LOG_FORMAT, cli, verbosity
+from . import log_file as given_log_file
 
 log = logging.getLogger("crds_fs.mount")
 
@@ -40,14 +45,15 @@ EXIT_TIMEOUT = 30.0
 STATS = (".crds-fs", "stats")
 #: kernel readahead for the mount (KiB): lets the kernel ask for 1 MiB reads, several ahead
 READAHEAD_KB = 4096
-LOG_FORMAT = "%(asctime)s crds-fs[%(process)d] %(levelname)s %(name)s: %(message)s"
+#: -o options that crds-fs itself handles (libfuse 3 no longer knows `nonempty`)
+OUR_FUSE_OPTS = frozenset({"nonempty"})
 
 
 # --- mount ----------------------------------------------------------------------------------
 
 
 @cli.command("mount")
-@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("--server", "server_url", default=None, metavar="URL",
               help="CRDS server (real or `crds-fs serve`) [default: $CRDS_SERVER_URL].")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -75,7 +81,12 @@ LOG_FORMAT = "%(asctime)s crds-fs[%(process)d] %(levelname)s %(name)s: %(message
 @click.option("--ready-timeout", type=click.FloatRange(min=1), default=READY_TIMEOUT,
               show_default=True, help="Seconds to wait for the daemon to be ready.")
 @click.option("-o", "fuse_opts", multiple=True, metavar="OPT[=VAL]",
-              help="Extra libfuse option, e.g. -o allow_other (repeatable).")
+              help="Extra libfuse option, e.g. -o allow_other (repeatable); "
+                   "-o nonempty is --nonempty; -o rw mounts read-write (not ro) so that "
+                   "`ln -s`/`rm` in bestrefs/ can register datasets.")
+@click.option("--nonempty", is_flag=True,
+              help="Mount even when MOUNTPOINT is not empty (its entries are hidden while "
+                   "mounted).")
 @click.option("--datasets", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Folder of datasets (FITS/ASDF) shown as "
                                  "bestrefs/<file name without extension>/.")
@@ -93,8 +104,8 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
                   foreground: bool, offline: bool, log_file: Path | None,
                   read_timeout: float | None, retries: int | None,
                   cache_max_size: str | None, ready_timeout: float,
-                  fuse_opts: tuple[str, ...], datasets: Path | None, engine: str | None,
-                  poll: float | None, status_fd: int | None) -> None:
+                  fuse_opts: tuple[str, ...], nonempty: bool, datasets: Path | None,
+                  engine: str | None, poll: float | None, status_fd: int | None) -> None:
     """Mount CRDS at MOUNTPOINT: mappings/, references/, config/ as a CRDS cache.
 
     Files are listed from the server catalog and downloaded (verified) on first open;
@@ -107,14 +118,16 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
                                                              what="--cache-max-size")
                                                   if cache_max_size else None))
     mountpoint = Path(os.path.abspath(mountpoint))
+    log_file = log_file or given_log_file(ctx)
+    nonempty = nonempty or "nonempty" in _parse_fuse_opts(fuse_opts)
     _configure_bestrefs(datasets, engine, poll)
     if foreground or status_fd is not None:
         run_foreground(settings, mountpoint, offline=offline, log_file=log_file,
-                       fuse_opts=fuse_opts, status_fd=status_fd,
-                       verbose=ctx.find_root().params.get("verbose", 0))
+                       fuse_opts=fuse_opts, status_fd=status_fd, verbose=verbosity(ctx),
+                       nonempty=nonempty)
         return
-    check_mountpoint(mountpoint)
-    log_path = log_file or Path(settings.cache_dir) / "logs" / "mount.log"
+    check_mountpoint(mountpoint, nonempty=nonempty)
+    log_path = Path(os.path.abspath(log_file or Path(settings.cache_dir) / "logs" / "mount.log"))
     args = _child_args(ctx, settings, mountpoint)
     info = start_daemon(args, mountpoint, log_path, ready_timeout)
     mount = info.get("mount", {})
@@ -126,7 +139,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
 
 #: options the parent handles itself or states explicitly for the daemon
 _NOT_FORWARDED = frozenset({"mountpoint", "foreground", "status_fd", "log_file", "ready_timeout",
-                            "server_url", "cache_dir", "context", "observatory"})
+                            "server_url", "cache_dir", "context", "observatory", "verbose"})
 
 
 def _child_args(ctx: click.Context, settings: Settings, mountpoint: Path) -> list[str]:
@@ -154,8 +167,7 @@ def _child_args(ctx: click.Context, settings: Settings, mountpoint: Path) -> lis
         for item in value if param.multiple else (value,):
             text = str(Path(item).resolve()) if isinstance(item, Path) else str(item)
             args += [flag, text]
-    verbose = ctx.find_root().params.get("verbose", 0)
-    return ["-v"] * verbose + args
+    return ["-v"] * verbosity(ctx) + args
 
 
 def _given_by_user(ctx: click.Context, name: str) -> bool:
@@ -179,8 +191,9 @@ def _configure_bestrefs(datasets: Path | None, engine: str | None, poll: float |
     configure(replace(options, **{k: v for k, v in changes.items() if v is not None}))
 
 
-def check_mountpoint(mountpoint: Path) -> None:
-    """Fail early, with advice, on mount points libfuse would refuse less clearly."""
+def check_mountpoint(mountpoint: Path, *, nonempty: bool = False) -> None:
+    """Fail early, with advice, on mount points libfuse would refuse less clearly (or, for
+    a non-empty folder, would accept and silently hide what is in it)."""
     try:
         st = mountpoint.stat()
     except FileNotFoundError:
@@ -193,10 +206,24 @@ def check_mountpoint(mountpoint: Path) -> None:
                 f"`crds-fs umount {mountpoint}` (or fusermount3 -u) first") from None
         raise MountError(f"mount point {mountpoint} is not usable: {exc.strerror}") from None
     if not os.path.isdir(mountpoint):
-        raise MountError(f"mount point {mountpoint} is not a directory")
+        raise MountError(f"mount point {mountpoint} is not a directory; mount on an (empty) "
+                         "folder")
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point (st_dev {st.st_dev}); "
                          f"unmount it first (`crds-fs umount {mountpoint}`)")
+    if not nonempty:
+        try:
+            with os.scandir(mountpoint) as entries:
+                names = [entry.name for _, entry in zip(range(3), entries, strict=False)]
+        except OSError as exc:
+            raise MountError(f"mount point {mountpoint} cannot be read ({exc.strerror}); "
+                             "mount on a folder you can read") from None
+        if names:
+            shown = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+            raise MountError(
+                f"mount point {mountpoint} is not empty ({shown}): the mount would hide what "
+                "is in it. Use an empty folder, or pass --nonempty (or -o nonempty) to mount "
+                "over it anyway")
 
 
 def is_mounted(path: Path) -> bool:
@@ -321,12 +348,12 @@ def configure_logging(log_file: Path | None, verbose: int) -> None:
 
 def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
                    log_file: Path | None, fuse_opts: tuple[str, ...], status_fd: int | None,
-                   verbose: int) -> None:
+                   verbose: int, nonempty: bool = False) -> None:
     """Open the cache, build the namespace, mount and serve until unmounted or signalled."""
     status = _StatusPipe(status_fd)
     configure_logging(log_file, verbose)
     try:
-        check_mountpoint(mountpoint)
+        check_mountpoint(mountpoint, nonempty=nonempty)
         cache, operations = _prepare(settings, mountpoint, offline, status)
     except CrdsFsError as exc:
         log.error("%s", exc)
@@ -339,7 +366,11 @@ def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
     from ..fuse import fuse_options, run_fuse
 
     try:
-        run_fuse(operations, str(mountpoint), **fuse_options(extra=_parse_fuse_opts(fuse_opts)))
+        extra = {k: v for k, v in _parse_fuse_opts(fuse_opts).items() if k not in OUR_FUSE_OPTS}
+        options = fuse_options(extra=extra)
+        if options.pop("rw", False):  # -o rw: writable, for `ln -s`/`rm` in bestrefs/ only
+            options.pop("ro", None)
+        run_fuse(operations, str(mountpoint), **options)
     except CrdsFsError as exc:
         status.send(f"error: {exc}")
         raise
@@ -395,31 +426,63 @@ def _parse_fuse_opts(opts: tuple[str, ...]) -> dict[str, Any]:
 
 
 @cli.command("umount")
-@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("--timeout", type=click.FloatRange(min=0), default=EXIT_TIMEOUT,
               show_default=True, help="Seconds to wait for the daemon to exit.")
-def umount_command(mountpoint: Path, timeout: float) -> None:
-    """Unmount a crds-fs mount and wait for its daemon to exit (lazily if busy)."""
+@click.option("-l", "--lazy", is_flag=True,
+              help="Detach a busy mount anyway (umount -l): it disappears now and the "
+                   "daemon exits when the last process using it lets go.")
+def umount_command(mountpoint: Path, timeout: float, lazy: bool) -> None:
+    """Unmount a crds-fs mount and wait for its daemon to exit.
+
+    A busy mount (a shell inside it, an open file) stays mounted and the processes using
+    it are named; --lazy detaches it anyway.
+    """
     mountpoint = Path(os.path.abspath(mountpoint))
-    message = unmount(mountpoint, timeout=timeout)
+    message = unmount(mountpoint, timeout=timeout, lazy=lazy)
     click.echo(message)
 
 
-def unmount(mountpoint: Path, *, timeout: float = EXIT_TIMEOUT) -> str:
-    """Unmount *mountpoint*, wait for the daemon; returns what happened (raises MountError)."""
+def busy_message(mountpoint: Path) -> str:
+    """Why *mountpoint* cannot be unmounted: the processes using it, and what to do."""
+    from ..fuse.mountinfo import mount_users
+
+    try:
+        users, hidden = mount_users(mountpoint)
+    except OSError:
+        users, hidden = [], True
+    me = os.getpid()
+    shown = [u.describe(mountpoint) + (" (this command)" if u.pid == me else "")
+             for u in users[:10]]
+    if len(users) > 10:
+        shown.append(f"and {len(users) - 10} more")
+    if shown:
+        who = "in use by " + "; ".join(shown)
+    else:
+        who = "in use, by no process visible here (another mount namespace, or a mount inside it?)"
+    if hidden:
+        who += " (processes of other users could not be inspected)"
+    return (f"{mountpoint} is busy: {who}. Close those files or leave the folder (cd), then "
+            f"run again; or detach it now with `crds-fs umount --lazy {mountpoint}`")
+
+
+def unmount(mountpoint: Path, *, timeout: float = EXIT_TIMEOUT, lazy: bool = False) -> str:
+    """Unmount *mountpoint*, wait for the daemon; returns what happened (raises MountError,
+    for a busy mount naming the processes using it unless *lazy*)."""
     pid = _daemon_pid(mountpoint)
     if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is not mounted")
-    lazy = False
     result = _fusermount("-u", mountpoint)
+    busy = False
     if result.returncode != 0:
         text = (result.stderr or result.stdout).strip()
         if "busy" not in text.lower():
             raise MountError(f"unmounting {mountpoint} failed: {text}")
-        lazy = True
-        click.echo(f"crds-fs: {mountpoint} is busy (a file is open or a shell is inside it); "
-                   "unmounting lazily: it disappears now and the daemon exits when the last "
-                   "user lets go", err=True)
+        if not lazy:
+            raise MountError(busy_message(mountpoint))
+        busy = True
+        click.echo(f"crds-fs: {mountpoint} is busy; detaching it lazily (--lazy): it "
+                   "disappears now and the daemon exits when the last user lets go", err=True)
         result = _fusermount("-u", "-z", mountpoint)
         if result.returncode != 0:
             raise MountError(f"lazy unmount of {mountpoint} failed: "
@@ -427,9 +490,9 @@ def unmount(mountpoint: Path, *, timeout: float = EXIT_TIMEOUT) -> str:
     if pid is None:
         return f"crds-fs: unmounted {mountpoint}"
     # after a lazy unmount the daemon lives on until the last user lets go: do not wait long
-    if _wait_exit(pid, min(timeout, 2.0) if lazy else timeout):
+    if _wait_exit(pid, min(timeout, 2.0) if busy else timeout):
         return f"crds-fs: unmounted {mountpoint}; daemon {pid} exited"
-    if lazy:
+    if busy:
         return (f"crds-fs: unmounted {mountpoint} lazily; daemon {pid} exits when the mount "
                 "is no longer in use")
     raise MountError(f"unmounted {mountpoint} but daemon {pid} is still running after "

@@ -11,8 +11,7 @@ import click
 
 from ..config import OBSERVATORIES, default_cache_dir
 from ..errors import ConfigError
-from . import cli
-from .mount import LOG_FORMAT
+from . import LOG_FORMAT, cli
 
 
 def configure_logging(quiet: bool) -> None:

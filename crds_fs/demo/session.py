@@ -95,9 +95,11 @@ class DemoSession:
     # --- starting ----------------------------------------------------------------------------
 
     def _spawn(self, args: list[str], log: Path) -> subprocess.Popen:
+        # Every index the children keep goes to the work folder, none to ~/.cache.
+        env = {**os.environ, "CRDS_FS_DATASETS_INDEX": str(self.workdir / "datasets-index")}
         with open(log, "ab") as out:
             return subprocess.Popen(
-                [self.python, "-m", "crds_fs.cli", *args],
+                [self.python, "-m", "crds_fs.cli", *args], env=env,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
                 # prctl in a pre-exec hook is only safe while this process has one thread
@@ -143,9 +145,12 @@ class DemoSession:
         if any(mountpoint.iterdir()):
             raise DemoError(f"mount point {mountpoint} is not empty; choose an empty folder")
         self.mountpoint = mountpoint
-        self.mounter = self._spawn(
-            ["mount", str(mountpoint), "--server", self.url, "--cache", str(self.cache_dir),
-             "--observatory", self.observatory, "--foreground"], self.mount_log)
+        args = ["mount", str(mountpoint), "--server", self.url, "--cache", str(self.cache_dir),
+                "--observatory", self.observatory, "--foreground"]
+        datasets = self.root / "datasets"
+        if datasets.is_dir():  # bestrefs/ lists the demo datasets
+            args += ["--datasets", str(datasets)]
+        self.mounter = self._spawn(args, self.mount_log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.mounter.poll() is not None:

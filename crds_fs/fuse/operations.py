@@ -470,6 +470,8 @@ def fuse_options(*, attr_timeout: float = 86400.0, negative_timeout: float = 5.0
     options: dict[str, Any] = {
         "fsname": "crds-fs",
         "subtype": "crds-fs",
+        # a read-only mount, as /proc/mounts and mount(8) show it (the kernel refuses writes)
+        "ro": True,
         "attr_timeout": attr_timeout,
         "entry_timeout": attr_timeout,
         "negative_timeout": negative_timeout,
