@@ -188,6 +188,24 @@ def test_status_numbers(demo_server: Any, tmp_path: Path) -> None:
         assert cache_status(later)["hits"] == 5
 
 
+def test_status_counts_old_style_names_by_instrument(tmp_path: Path) -> None:
+    from tests.helpers import TINY_REFERENCES, start_tiny_server
+
+    server = start_tiny_server(tmp_path)
+    try:
+        settings = settings_for(server, tmp_path / "cache")
+        with FileCache.open(settings) as cache:
+            for name in ["hst_acs_biasfile_0001.rmap", *TINY_REFERENCES]:
+                cache.ensure(name)
+            status = cache_status(cache)
+    finally:
+        server.stop()
+    # aaa00001j_bia.fits says no instrument; the cached ACS bias rmap names it
+    assert status["by_instrument"]["acs"]["files"] == 3
+    assert status["by_instrument"]["?"]["files"] == 2  # the darks' rmap is not cached
+    assert status["by_kind"]["reference"]["files"] == 4
+
+
 def test_status_of_a_folder_that_is_no_cache(tmp_path: Path) -> None:
     result = run_cli("cache", "status", "--cache", str(tmp_path))
     assert result.returncode == 1 and "is not a crds-fs cache" in result.stderr
@@ -353,6 +371,12 @@ def test_mount_eviction_honours_pins_made_while_mounted(
     for name in pinned:
         assert (cache_dir / "references" / "hst" / name).exists(), name
     assert "pinned" in mount.log()  # the warning says why it could not get under the limit
+    status = json.loads(run_cli("cache", "status", "--json", "--cache",
+                                str(mount.mountpoint)).stdout)
+    assert status["quota"]["max_bytes"] == 150 << 10  # the mount's limit
+    assert status["quota"]["used_fraction"] > 1
+    assert status["misses"] >= 6  # the idle daemon's counters, flushed by reading its stats
+    assert status["pins"][0]["cached_files"] >= len(pinned)
     # pins survive a restart of the mount: its startup trim keeps them too
     assert mount.umount().returncode == 0
     again = mounter(demo_server.url, "--cache-max-size", "150K", cache_dir=cache_dir)

@@ -442,7 +442,12 @@ class FileCache:
         return self.index.names()
 
     def stats(self) -> dict[str, Any]:
-        """JSON-able state for `.crds-fs/stats` and logs."""
+        """JSON-able state for `.crds-fs/stats` and logs.
+
+        Also flushes the hit/miss counters, so `crds-fs cache status` (which reads the
+        stats of the mounts using the cache first) sees an idle mount's latest counts.
+        """
+        self.flush_lookups()
         count, size = self.index.totals()
         fetched = self.fetcher.snapshot()
         with self._lock:
