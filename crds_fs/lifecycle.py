@@ -328,7 +328,8 @@ def cached_files(cache: FileCache) -> dict[str, Path]:
         try:
             with os.scandir(directory) as listing:
                 for item in listing:
-                    if is_safe_basename(item.name) and item.is_file(follow_symlinks=False):
+                    if (is_safe_basename(item.name) and file_kind(item.name) == kind
+                            and item.is_file(follow_symlinks=False)):
                         names.add(item.name)
         except FileNotFoundError:
             continue
