@@ -5,7 +5,7 @@ Python API, so everything here works on an open `FileCache` and changes the cach
 way those users expect:
 
 * **pins** (`pin_context`) record a context's closure (its mappings, and with
-  ``references=True`` its references) in the cache index (``pin:<obs>/<context>``); the
+  ``references=True`` its references) in the cache index (key ``pins:<obs>``); the
   eviction of every process sharing the cache skips those names (it reads the pins'
   generation counter on each trim).  Pinning downloads nothing: `crds-fs sync --pin` fills
   the cache, the pin keeps it filled.

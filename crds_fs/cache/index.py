@@ -8,9 +8,10 @@ processes; counters and entries change together in one transaction.
 
 Keys: ``file:<obs>/<name>`` -> ``(size, sha1, fetched_at, last_used)`` (a plain tuple, so
 stored entries never depend on class names), ``meta:...`` for counters and settings,
-``catalog:<obs>`` for the catalog (see crds_fs.client.catalog), ``pin:<obs>/<context>`` ->
-a plain dict (context, references, names, pinned_at) for each pinned context (see
-crds_fs.cache.lifecycle): the names listed there are never evicted.
+``catalog:<obs>`` for the catalog (see crds_fs.client.catalog), ``pins:<obs>`` -> ``{context:
+plain dict (context, references, names, pinned_at)}`` for the pinned contexts (see
+crds_fs.lifecycle): the names listed there are never evicted.  One key for all pins, so
+reading them never lists the index.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import diskcache
 from ..errors import ConfigError
 
 _FILE = "file:"
-_PIN = "pin:"
+_PINS = "pins:"
 
 
 class Entry(NamedTuple):
@@ -58,7 +59,7 @@ class CacheIndex:
         self._gen_key = f"meta:generation:{observatory}"
         self._count_key = f"meta:count:{observatory}"
         self._bytes_key = f"meta:bytes:{observatory}"
-        self._pin_prefix = f"{_PIN}{observatory}/"
+        self._pins_key = f"{_PINS}{observatory}"
         self._pin_gen_key = f"meta:pin-generation:{observatory}"
         self._hits_key = f"meta:hits:{observatory}"
         self._misses_key = f"meta:misses:{observatory}"
@@ -166,27 +167,30 @@ class CacheIndex:
     def set_pin(self, context: str, record: dict[str, Any]) -> None:
         """Store (or replace) the pin of *context*; every process sees it at its next trim."""
         with self._lock, self.db.transact():
-            self.db.set(self._pin_prefix + context, dict(record))
+            pins = self._stored_pins()
+            pins[context] = dict(record)
+            self.db.set(self._pins_key, pins)
             self.db.incr(self._pin_gen_key, 1)
 
     def remove_pin(self, context: str) -> bool:
         """Drop the pin of *context*; False when it was not pinned."""
         with self._lock, self.db.transact():
-            if self.db.pop(self._pin_prefix + context, default=None) is None:
+            pins = self._stored_pins()
+            if pins.pop(context, None) is None:
                 return False
+            self.db.set(self._pins_key, pins)
             self.db.incr(self._pin_gen_key, 1)
         return True
 
     def pins(self) -> dict[str, dict[str, Any]]:
-        """{context: pin record} of this observatory (lists the index's keys: not hot)."""
-        found: dict[str, dict[str, Any]] = {}
-        cut = len(self._pin_prefix)
-        for key in self.db.iterkeys():
-            if isinstance(key, str) and key.startswith(self._pin_prefix):
-                value = self.db.get(key)
-                if isinstance(value, dict):
-                    found[key[cut:]] = value
-        return found
+        """{context: pin record} of this observatory."""
+        return self._stored_pins()
+
+    def _stored_pins(self) -> dict[str, dict[str, Any]]:
+        value = self.db.get(self._pins_key)
+        if not isinstance(value, dict):
+            return {}
+        return {str(k): v for k, v in value.items() if isinstance(v, dict)}
 
     def pinned_names(self) -> frozenset[str]:
         """Every file name some pin protects; one SQLite read while no pin changed (eviction
