@@ -38,12 +38,13 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .bestrefs.headers import read_header
 from .bestrefs.resolver import ENGINES, BestrefsResolver, is_context_alias, is_reference_name
-from .config import Settings
+from .config import Settings, parse_size
 from .errors import ConfigError, LookupFailure
 from .progress import Progress, report
 
@@ -72,9 +73,12 @@ class Session:
     def __init__(self, *, server: str | None = None, cache_dir: str | Path | None = None,
                  mount: str | Path | None = None, observatory: str | None = None,
                  offline: bool = False, engine: str = "auto",
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None,
+                 cache_max_size: str | int | None = None) -> None:
         """*settings*, when given, are the already resolved ones (server, cache_dir and
-        observatory are then ignored), so `session()` reads a mount's stats only once."""
+        observatory are then ignored), so `session()` reads a mount's stats only once.
+        *cache_max_size* ("50G", or bytes; default $CRDS_FS_CACHE_MAX_SIZE, else no limit)
+        bounds the cache as `crds-fs mount --cache-max-size` does."""
         from .cache import FileCache
 
         if engine not in ENGINES:
@@ -83,6 +87,7 @@ class Session:
         if settings is None:
             settings = resolve_settings(server=server, cache_dir=cache_dir, mount=self.mount,
                                         observatory=observatory)
+        settings = _with_max_size(settings, cache_max_size)
         self.cache: FileCache = FileCache.open(settings, observatory=settings.observatory,
                                                offline=offline)
         self.resolver = BestrefsResolver(self.cache, engine=engine)
@@ -239,6 +244,13 @@ def _mount_facts(mount: Path) -> dict[str, Any]:
     return facts if isinstance(facts, dict) else {}
 
 
+def _with_max_size(settings: Settings, size: str | int | None) -> Settings:
+    """*settings* with the cache size limit *size* ("50G" or bytes); None keeps theirs."""
+    if size is None:
+        return settings
+    return replace(settings, cache_max_bytes=parse_size(size, what="cache_max_size"))
+
+
 def resolve_settings(*, server: str | None = None, cache_dir: str | Path | None = None,
                      mount: str | Path | None = None,
                      observatory: str | None = None) -> Settings:
@@ -260,17 +272,19 @@ _sessions_lock = threading.Lock()
 
 def session(*, server: str | None = None, cache_dir: str | Path | None = None,
             mount: str | Path | None = None, observatory: str | None = None,
-            offline: bool = False, engine: str = "auto") -> Session:
+            offline: bool = False, engine: str = "auto",
+            cache_max_size: str | int | None = None) -> Session:
     """The shared Session for these arguments (opened on first use, closed at exit).
 
     Sessions are shared per effective settings (environment included), so a changed
     CRDS_SERVER_URL or CRDS_FS_CACHE gets a session of its own.
     """
     mount_path = Path(mount).resolve() if mount is not None else None
-    settings = resolve_settings(server=server, cache_dir=cache_dir, mount=mount_path,
-                                observatory=observatory)
+    settings = _with_max_size(resolve_settings(server=server, cache_dir=cache_dir,
+                                               mount=mount_path, observatory=observatory),
+                              cache_max_size)
     key = (settings.server_url, str(Path(settings.cache_dir).resolve()), settings.observatory,
-           str(mount_path) if mount_path else None, offline, engine)
+           str(mount_path) if mount_path else None, offline, engine, settings.cache_max_bytes)
     with _sessions_lock:
         found = _sessions.get(key)
         if found is None:

@@ -127,7 +127,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Settings from the environment, then explicit (non-None) overrides on top."""
+        """Settings from the environment, then explicit (non-None) overrides on top.
+
+        ``cache_max_bytes`` may be given as a size string ("50G", as --cache-max-size takes
+        it), so every command can pass its option through unchanged.
+        """
         server = os.environ.get("CRDS_SERVER_URL", "").rstrip("/") or None
         obs = os.environ.get("CRDS_OBSERVATORY") or None
         if obs is not None and obs.strip().lower() in ("none", ""):
@@ -159,6 +163,9 @@ class Settings:
             check_server_url(settings.server_url, "CRDS_SERVER_URL")
         if "cache_dir" in clean:
             clean["cache_dir"] = Path(clean["cache_dir"])  # type: ignore[arg-type]
+        if isinstance(clean.get("cache_max_bytes"), str):  # "50G" from --cache-max-size
+            clean["cache_max_bytes"] = parse_size(str(clean["cache_max_bytes"]),
+                                                  what="--cache-max-size")
         return replace(settings, **clean)  # type: ignore[arg-type]
 
     @property

@@ -44,6 +44,9 @@ USE_RECORD_INTERVAL = 60.0
 LOW_WATER = 0.9
 #: A cache that found the server unreachable at open probes it again at most this often.
 RECONNECT_INTERVAL = 30.0
+#: Hit/miss counters reach the index at most this often (and at close): `crds-fs cache
+#: status` reads them there, and one SQLite write per open would cost more than the open.
+LOOKUP_FLUSH_INTERVAL = 10.0
 
 
 class Reader:
@@ -123,6 +126,9 @@ class FileCache:
         self._pins: dict[str, int] = {}
         self._last_use: dict[str, float] = {}
         self._evictions = 0
+        self._flush_lock = threading.Lock()
+        self._lookups_flushed = (0, 0)
+        self._lookups_flush_at = time.monotonic() + LOOKUP_FLUSH_INTERVAL
         self._closed = False
         self._over_warned = 0.0
         #: seconds between probes of an unreachable server (tests set 0)
@@ -139,6 +145,7 @@ class FileCache:
         observatory: str | None = None,
         offline: bool = False,
         max_bytes: int | None = None,
+        trim: bool = True,
     ) -> FileCache:
         """Open (creating if needed) the cache at `settings.cache_dir` and load the catalog.
 
@@ -147,7 +154,8 @@ class FileCache:
         `online` is False.  The observatory is *observatory*, else the settings' (explicit
         or guessed from the server URL), else the server's, else the last one used here.
         *max_bytes* (default `settings.cache_max_bytes`, 0/None = no limit) bounds the
-        references kept; least recently used ones are evicted.
+        references kept; least recently used ones are evicted.  *trim* False skips the
+        trim at opening (tools that only look, such as `crds-fs cache status`).
         """
         root = Path(settings.cache_dir)
         db = open_db(root / "index")
@@ -172,7 +180,8 @@ class FileCache:
                     store=store, online=online, offline_reason=reason, max_bytes=limit,
                     may_reconnect=not offline)
         try:  # a cache left over its limit (or the disk filled up meanwhile) is trimmed now
-            cache.trim()
+            if trim:
+                cache.trim()
         except (OSError, sqlite3.Error) as exc:
             log.error("could not trim the cache %s to its limits at startup: %s", root, exc)
         return cache
@@ -182,6 +191,7 @@ class FileCache:
         if self._closed:
             return
         self._closed = True
+        self.flush_lookups()
         self.client.close()
         self.index.close()
 
@@ -251,6 +261,8 @@ class FileCache:
             path = self.fetcher.ensure(name, cancelled=cancelled, deadline=deadline)
             if self._on_disk_good(name, path):
                 self.record_use(name)
+                if time.monotonic() >= self._lookups_flush_at:
+                    self.flush_lookups()
                 return path
         raise DownloadError(f"'{name}' kept changing in the cache {self.store.root} while it "
                             "was being fetched (another program writes there?)")
@@ -381,6 +393,11 @@ class FileCache:
         self.store.remove(name)
         self._forget(name)
 
+    def forget(self, name: str) -> None:
+        """Drop *name* from the index (its file was removed by a maintenance tool); the next
+        use of it, here or in a mount sharing the cache, fetches it again."""
+        self._forget(name)
+
     def _forget(self, name: str) -> None:
         try:
             self.index.remove(name)
@@ -405,12 +422,46 @@ class FileCache:
             log.warning("could not record the use of %s in the cache index %s: %s", name,
                         self.index.directory, exc)
 
+    def flush_lookups(self) -> None:
+        """Add this process's hits and misses since the last flush to the index's counters.
+
+        Called at most every LOOKUP_FLUSH_INTERVAL seconds by `ensure` and at close; a
+        failure (disk full) is logged and the counts are tried again at the next flush.
+        """
+        with self._flush_lock:
+            self._lookups_flush_at = time.monotonic() + LOOKUP_FLUSH_INTERVAL
+            counts = self.fetcher.snapshot()
+            hits, misses = int(counts["hits"]), int(counts["misses"])
+            done_hits, done_misses = self._lookups_flushed
+            try:
+                self.index.add_lookups(hits - done_hits, misses - done_misses)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("could not record hit/miss counters in the cache index %s: %s",
+                            self.index.directory, exc)
+                return
+            self._lookups_flushed = (hits, misses)
+
+    def lookups(self) -> tuple[int, int]:
+        """(hits, misses) of every process that used this cache, this one's unflushed
+        counts included."""
+        with self._flush_lock:
+            counts = self.fetcher.snapshot()
+            done_hits, done_misses = self._lookups_flushed
+            hits, misses = self.index.lookups()
+        return (hits + int(counts["hits"]) - done_hits,
+                misses + int(counts["misses"]) - done_misses)
+
     def cached_names(self) -> set[str]:
         """Names the index records as cached (this observatory)."""
         return self.index.names()
 
     def stats(self) -> dict[str, Any]:
-        """JSON-able state for `.crds-fs/stats` and logs."""
+        """JSON-able state for `.crds-fs/stats` and logs.
+
+        Also flushes the hit/miss counters, so `crds-fs cache status` (which reads the
+        stats of the mounts using the cache first) sees an idle mount's latest counts.
+        """
+        self.flush_lookups()
         count, size = self.index.totals()
         fetched = self.fetcher.snapshot()
         with self._lock:
@@ -439,6 +490,9 @@ class FileCache:
             "in_flight": fetched["in_flight"],
             "open_readers": pinned,
             "evictions": self._evictions,
+            "hits": fetched["hits"],
+            "misses": fetched["misses"],
+            "pinned_files": len(self.index.pinned_names()),
         }
 
     # --- reconnecting ---------------------------------------------------------------------
@@ -547,7 +601,9 @@ class FileCache:
         (below it, or below it once *need* more bytes are written: evict until the floor
         plus 10% and *need* are free).  Never evicted: mappings and config files (small,
         needed for every lookup, offline too), files open through a Reader here or in
-        another process (pin / flock), *keep* (just committed).  A file larger than the
+        another process (pin / flock), files of pinned contexts (`crds-fs cache pin`,
+        recorded in the index, so every process sharing the cache honours them), *keep*
+        (just committed).  A file larger than the
         whole limit is kept only while it is open: it does not count against the limit
         while protected, and it is the first to go once closed.  Returns files removed.
         """
@@ -561,7 +617,7 @@ class FileCache:
         limit = self.max_bytes or 0
         if (not limit or total <= limit) and (not floor or free - need >= floor):
             return 0
-        protected = self.pinned()
+        protected = self.pinned() | self.index.pinned_names()
         if keep:
             protected.add(keep)
         entries = self.index.entries()
@@ -600,7 +656,8 @@ class FileCache:
                 self._over_warned = now
                 log.warning("the cache %s could free only %d of the %d bytes its limits ask "
                             "for (limit %s bytes, free-space floor %d bytes): every remaining "
-                            "reference is open, and mappings are never evicted",
+                            "reference is open or pinned (`crds-fs cache status` lists pins), "
+                            "and mappings are never evicted",
                             self.store.root, freed, to_remove, limit or "none", floor)
         return removed
 

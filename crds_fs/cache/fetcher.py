@@ -232,7 +232,9 @@ class Fetcher:
         self.make_room = make_room
         self._lock = threading.Lock()
         self._inflight: dict[str, Download] = {}
-        self.counters = {"downloads": 0, "failures": 0, "bytes": 0, "adopted": 0}
+        #: hits / misses: ensure() calls that found the file cached / had to obtain it
+        self.counters = {"downloads": 0, "failures": 0, "bytes": 0, "adopted": 0,
+                         "hits": 0, "misses": 0}
         self._counter_lock = threading.Lock()
 
     # --- public ---------------------------------------------------------------------------
@@ -288,7 +290,9 @@ class Fetcher:
         info = self.info(name)
         path = self.lookup(name, info)
         if path is not None:
+            self._count("hits", 1)
             return path
+        self._count("misses", 1)
         deadline_s = 0.0 if deadline is None else max(0.0, deadline - time.monotonic())
         for attempt in range(2):
             with self._lock:
@@ -614,7 +618,8 @@ class Fetcher:
             self.counters[key] += amount
 
     def snapshot(self) -> dict[str, Any]:
-        """Counters for stats() (downloads, failures, bytes, adopted, in flight)."""
+        """Counters for stats() (downloads, failures, bytes, adopted, hits, misses, in
+        flight)."""
         with self._counter_lock:
             data: dict[str, Any] = dict(self.counters)
         data["in_flight"] = self.in_flight_count()

@@ -8,7 +8,10 @@ processes; counters and entries change together in one transaction.
 
 Keys: ``file:<obs>/<name>`` -> ``(size, sha1, fetched_at, last_used)`` (a plain tuple, so
 stored entries never depend on class names), ``meta:...`` for counters and settings,
-``catalog:<obs>`` for the catalog (see crds_fs.client.catalog).
+``catalog:<obs>`` for the catalog (see crds_fs.client.catalog), ``pins:<obs>`` -> ``{context:
+plain dict (context, references, names, pinned_at)}`` for the pinned contexts (see
+crds_fs.lifecycle): the names listed there are never evicted.  One key for all pins, so
+reading them never lists the index.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import diskcache
 
 from ..errors import ConfigError
 
 _FILE = "file:"
+_PINS = "pins:"
 
 
 class Entry(NamedTuple):
@@ -55,9 +59,15 @@ class CacheIndex:
         self._gen_key = f"meta:generation:{observatory}"
         self._count_key = f"meta:count:{observatory}"
         self._bytes_key = f"meta:bytes:{observatory}"
+        self._pins_key = f"{_PINS}{observatory}"
+        self._pin_gen_key = f"meta:pin-generation:{observatory}"
+        self._hits_key = f"meta:hits:{observatory}"
+        self._misses_key = f"meta:misses:{observatory}"
         self._lock = threading.Lock()
         self._mirror: dict[str, Entry] | None = None
         self._mirror_gen = -1
+        self._pinned: frozenset[str] = frozenset()
+        self._pinned_gen = -1
 
     def close(self) -> None:
         self.db.close()
@@ -151,6 +161,64 @@ class CacheIndex:
                 if value is not None:
                     found[key[cut:]] = Entry(*value)
         return found
+
+    # --- pins (contexts kept from eviction; written by crds_fs.cache.lifecycle) --------------
+
+    def set_pin(self, context: str, record: dict[str, Any]) -> None:
+        """Store (or replace) the pin of *context*; every process sees it at its next trim."""
+        with self._lock, self.db.transact():
+            pins = self._stored_pins()
+            pins[context] = dict(record)
+            self.db.set(self._pins_key, pins)
+            self.db.incr(self._pin_gen_key, 1)
+
+    def remove_pin(self, context: str) -> bool:
+        """Drop the pin of *context*; False when it was not pinned."""
+        with self._lock, self.db.transact():
+            pins = self._stored_pins()
+            if pins.pop(context, None) is None:
+                return False
+            self.db.set(self._pins_key, pins)
+            self.db.incr(self._pin_gen_key, 1)
+        return True
+
+    def pins(self) -> dict[str, dict[str, Any]]:
+        """{context: pin record} of this observatory."""
+        return self._stored_pins()
+
+    def _stored_pins(self) -> dict[str, dict[str, Any]]:
+        value = self.db.get(self._pins_key)
+        if not isinstance(value, dict):
+            return {}
+        return {str(k): v for k, v in value.items() if isinstance(v, dict)}
+
+    def pinned_names(self) -> frozenset[str]:
+        """Every file name some pin protects; one SQLite read while no pin changed (eviction
+        calls this on every trim, in every process sharing the cache)."""
+        generation = self.db.get(self._pin_gen_key, 0)
+        with self._lock:
+            if generation == self._pinned_gen:
+                return self._pinned
+        names: set[str] = set()
+        for record in self.pins().values():
+            names.update(str(n) for n in record.get("names", ()))
+        with self._lock:
+            self._pinned, self._pinned_gen = frozenset(names), generation
+        return self._pinned
+
+    # --- hit/miss counters (persisted in batches by FileCache) -----------------------------
+
+    def add_lookups(self, hits: int, misses: int) -> None:
+        """Add to the persisted hit/miss counters (one transaction)."""
+        if not hits and not misses:
+            return
+        with self.db.transact():
+            self.db.incr(self._hits_key, hits)
+            self.db.incr(self._misses_key, misses)
+
+    def lookups(self) -> tuple[int, int]:
+        """(hits, misses) persisted so far, every process using this cache together."""
+        return int(self.db.get(self._hits_key, 0)), int(self.db.get(self._misses_key, 0))
 
     def totals(self) -> tuple[int, int]:
         """(number of files, bytes) recorded, from the counters (no listing)."""
