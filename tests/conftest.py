@@ -56,3 +56,15 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     os.environ.setdefault("CRDS_FS_TESTING", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Compiled contexts of test runs go to a session folder, never into ~/.cache (tests that
+    check the default location set their own value)."""
+    previous = os.environ.get("CRDS_FS_COMPILED_CACHE")
+    if previous is None:
+        os.environ["CRDS_FS_COMPILED_CACHE"] = str(tmp_path_factory.mktemp("compiled"))
+    yield
+    if previous is None:
+        os.environ.pop("CRDS_FS_COMPILED_CACHE", None)
