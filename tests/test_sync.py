@@ -239,6 +239,31 @@ def test_cli_dry_run_numbers(proxy: FaultProxy, demo_root: Path, tmp_path: Path)
     assert set(done["fetched"]) == set(sizes) and done["bytes_fetched"] == sum(sizes.values())
 
 
+def test_cli_pin_and_size_limit(proxy: FaultProxy, demo_root: Path, tmp_path: Path) -> None:
+    """--pin records the synced context's pin (listed by `crds-fs cache pins`);
+    --cache-max-size bounds what the sync leaves in the cache."""
+    cache = tmp_path / "cache"
+    result = run_cli(proxy, cache, "--contexts", OLD, "--fetch-references",
+                     "--instruments", "acs", "--pin")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"pinned {OLD} and its references" in result.stderr
+    pins = subprocess.run([sys.executable, "-m", "crds_fs.cli", "cache", "pins", "--json",
+                           "--cache", str(cache), "--server", proxy.url],
+                          capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert pins.returncode == 0, pins.stderr
+    assert OLD in pins.stdout
+    # The size limit (pins are tested with eviction in test_cache_lifecycle.py):
+    other = tmp_path / "limited"
+    limited = run_cli(proxy, other, "--contexts", OPERATIONAL, "--fetch-references",
+                      "--instruments", "acs", "--cache-max-size", "1M")
+    assert limited.returncode == 0, limited.stdout + limited.stderr
+    kept = cached_refs(other)
+    _maps, acs = names_of(demo_root, OPERATIONAL, instrument="acs")
+    sizes = {n: (other / "references" / "hst" / n).stat().st_size for n in kept}
+    # evicted as they came: what is left is at most 1M plus the file committed last
+    assert kept < acs and sum(sizes.values()) - max(sizes.values()) <= 1 << 20
+
+
 def test_cli_failure_is_named_and_exit_status(proxy: FaultProxy, demo_root: Path,
                                               tmp_path: Path) -> None:
     _maps, refs = names_of(demo_root, OPERATIONAL, instrument="wfc3")

@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..config import Settings
+from ..config import Settings, parse_size
 from ..errors import ConfigError
 from ..progress import new_bar
 from ..sync import (
@@ -104,6 +105,16 @@ def _mount_settings(path: Path, server: str | None) -> tuple[Settings, Path | No
     if (path / ".crds-fs" / "stats").exists():
         return resolve_settings(server=server, mount=path), path
     return Settings.from_env(server_url=server, cache_dir=path), None
+
+
+def _pin_contexts(cache: Any, contexts: list[str], *, references: bool) -> None:
+    """`--pin`: what was synced stays through eviction (crds_fs.lifecycle owns the pins)."""
+    from ..lifecycle import pin_context
+
+    for context in contexts:
+        pin_context(cache, context, references=references)
+        click.echo(f"crds-fs sync: pinned {context}"
+                   f"{' and its references' if references else ''}", err=True)
 
 
 class _Bar:
@@ -211,13 +222,21 @@ def print_summary(report: SyncReport, mount: Path | None) -> None:
 @click.option("--processes", type=click.IntRange(1, MAX_JOBS), default=None,
               help="Worker processes sharing the --jobs downloads [default: one per core "
                    f"once there are {PROCESS_MIN_FILES} files per process, else 1].")
+@click.option("--cache-max-size", default=None, metavar="SIZE",
+              help="Cache size limit while syncing, e.g. 50G [default: "
+                   "$CRDS_FS_CACHE_MAX_SIZE, else none]; least recently used references "
+                   "are evicted to 90% of it (pinned and open files never).")
+@click.option("--pin", is_flag=True,
+              help="Pin the synced contexts' mappings (and, with --fetch-references, their "
+                   "references) against eviction, as `crds-fs cache pin` does.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def sync_command(contexts: tuple[str, ...], context_range: str | None, last: int | None,
                  all_contexts: bool, fetch_references: bool, instruments: tuple[str, ...],
                  types: tuple[str, ...], dataset_files: tuple[Path, ...],
                  dataset_ids: tuple[str, ...], check_files: bool, check_sha1sum: bool,
                  repair_files: bool, dry_run: bool, cache: Path | None, server: str | None,
-                 jobs: int, processes: int | None, as_json: bool) -> None:
+                 jobs: int, processes: int | None, cache_max_size: str | None, pin: bool,
+                 as_json: bool) -> None:
     """Download the mappings (and references) of CRDS contexts into the crds-fs cache,
     in parallel, each verified and committed atomically, as `crds sync` would.
 
@@ -238,6 +257,9 @@ def sync_command(contexts: tuple[str, ...], context_range: str | None, last: int
         settings, mount = _mount_settings(cache, server)
     else:
         settings = Settings.from_env(server_url=server)
+    if cache_max_size is not None:
+        settings = replace(settings, cache_max_bytes=parse_size(cache_max_size,
+                                                                what="--cache-max-size"))
     with FileCache.open(settings, observatory=settings.observatory) as opened:
         if not opened.online and not dry_run:
             raise ConfigError(f"CRDS server {settings.server_url} is unreachable; sync needs "
@@ -250,6 +272,8 @@ def sync_command(contexts: tuple[str, ...], context_range: str | None, last: int
         finally:
             signal.signal(signal.SIGTERM, previous)
             bar.close()
+        if pin and not dry_run and not report.interrupted:
+            _pin_contexts(opened, report.contexts, references=fetch_references)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
