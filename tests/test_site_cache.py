@@ -235,8 +235,12 @@ def _mounts(mounter: Mounter, origin: ServerProcess, proxy: str, count: int,
 def test_four_mounts_behind_nginx_fetch_each_file_once(
         mounter: Mounter, origin: ServerProcess, nginx: NginxCache, demo_root: Path) -> None:
     names = twenty_files(demo_root)
-    mounts = _mounts(mounter, origin, nginx.url, 4)
-    assert mounts[0].stats()["mount"]["servers"]["proxy"] == nginx.url
+    # the proxy three ways: --proxy, CRDS_FS_PROXY, and plain HTTP_PROXY (requests' own)
+    mounts = _mounts(mounter, origin, nginx.url, 2)
+    mounts.append(mounter(origin.url, env={**PROXIED_ENV, "CRDS_FS_PROXY": nginx.url}))
+    mounts.append(mounter(origin.url, env={**PROXIED_ENV, "HTTP_PROXY": nginx.url}))
+    for mount in mounts:
+        assert mount.stats()["mount"]["servers"]["proxy"] == nginx.url
     assert read_all_at_once(mounts, names, demo_root) == []
     counts = {name: origin_gets(origin, name) for name in names}
     assert counts == dict.fromkeys(names, 1), counts
@@ -244,7 +248,9 @@ def test_four_mounts_behind_nginx_fetch_each_file_once(
     for mount in mounts:
         assert mount.stats()["cache"]["downloads_done"] >= len(names)
     hits = (nginx.base / "crds-fs-access.log").read_text()
-    assert hits.count("/unchecked_get/references/") >= 4 * len(names)
+    for name in names:
+        assert hits.count(f"/unchecked_get/references/hst/{name} HTTP") == 4, name
+    assert re.search(r"\"POST http://[^ ]+/json/ ", hits)  # JSON-RPC went through it too
 
 
 @needs_fuse
@@ -317,3 +323,33 @@ def test_serve_marks_immutable_files_and_answers_head(origin: ServerProcess) -> 
     assert rpc.headers["cache-control"] == "no-cache"
     assert requests.head(origin.url + "/", timeout=10).headers["cache-control"] == \
         "public, max-age=60"
+
+
+def test_client_proxy_settings_and_no_proxy(origin: ServerProcess, nginx: NginxCache,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY from the environment, an explicit proxy, and NO_PROXY exempting a host."""
+    from crds_fs.client.rpc import CrdsClient
+
+    def via_cache(client: CrdsClient) -> bool:
+        url = client.file_url("hst_acs_darkfile_9102.fits", "hst")
+        response = client.open_stream(url)
+        try:
+            return "x-cache-status" in response.headers
+        finally:
+            response.close()
+
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("HTTP_PROXY", nginx.url)
+    with CrdsClient(origin.url, retries=0) as client:
+        assert via_cache(client)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # exempt: straight to the origin
+    with CrdsClient(origin.url, retries=0) as client:
+        assert not via_cache(client)
+    with CrdsClient(origin.url, retries=0, proxy=nginx.url) as client:
+        assert not via_cache(client)  # NO_PROXY applies to an explicit proxy too (as curl)
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.setenv("NO_PROXY", "")
+    with CrdsClient(origin.url, retries=0, proxy=nginx.url) as client:
+        assert via_cache(client)
+        assert client.get_default_context("hst")
+    assert "/json/ HTTP" in (nginx.base / "crds-fs-access.log").read_text()
