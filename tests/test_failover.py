@@ -133,6 +133,22 @@ def test_client_skips_a_dead_primary_for_rpc_and_downloads(two_servers) -> None:
         assert primary.url in str(info.value) and secondary.url in str(info.value)
 
 
+def test_client_fails_over_on_5xx_and_timeout(two_servers) -> None:
+    from tests.faultproxy import FaultProxy
+
+    _root, (primary, secondary) = two_servers
+    with FaultProxy(primary.url) as broken:
+        broken.set_fault("503")
+        with CrdsClient([broken.url, secondary.url], retries=0) as client:
+            assert client.get_default_context("hst") == "hst_0001.pmap"
+            assert client.server_url == secondary.url
+            assert "503" in client.servers_status()["servers"][0]["last_error"]
+        broken.set_fault("slow", delay=5.0)  # answers after 5 s: the read timeout is 1 s
+        with CrdsClient([broken.url, secondary.url], retries=0, read_timeout=1) as client:
+            assert client.get_default_context("hst") == "hst_0001.pmap"
+            assert "timed out" in client.servers_status()["servers"][0]["last_error"]
+
+
 # --- mounts -----------------------------------------------------------------------------------
 
 
