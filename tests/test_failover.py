@@ -106,6 +106,12 @@ def _gets(server: ServerProcess, name: str) -> int:
                if '"GET /unchecked_get/' in line and name in line and '" 200 ' in line)
 
 
+def _logged(server: ServerProcess, name: str, count: int = 1) -> bool:
+    """The server's access log shows *count* downloads of *name* (it is written just after
+    the response, so it may lag the client a moment)."""
+    return wait_until(lambda: _gets(server, name) == count, 10)
+
+
 def test_client_skips_a_dead_primary_for_rpc_and_downloads(two_servers) -> None:
     _root, (primary, secondary) = two_servers
     dead = f"http://127.0.0.1:{free_port()}"
@@ -126,7 +132,7 @@ def test_client_skips_a_dead_primary_for_rpc_and_downloads(two_servers) -> None:
         finally:
             response.close()
         assert client.server_url == secondary.url
-        assert _gets(secondary, "aaa00001j_bia.fits") == 1
+        assert _logged(secondary, "aaa00001j_bia.fits")
         secondary.stop()
         with pytest.raises(ServerUnreachableError) as info:
             client.call("get_default_context", "hst")
@@ -158,13 +164,13 @@ def test_mount_fails_over_and_returns_to_primary(two_servers, mounter: Mounter) 
                     env={"CRDS_FS_FAILOVER_RESET": "3", "CRDS_FS_FAILOVER_BACKOFF": "1"})
     refs = mount.path("references", "hst")
     assert (refs / "aaa00001j_bia.fits").read_bytes() == TINY_REFERENCES["aaa00001j_bia.fits"]
-    assert _gets(primary, "aaa00001j_bia.fits") == 1
+    assert _logged(primary, "aaa00001j_bia.fits")
     assert mount.stats()["mount"]["servers"]["in_use"] == primary.url
 
     primary.stop()  # mid-run: the next read goes to the secondary, well within the timeout
     name = "ccc00003j_drk.fits"
     assert (refs / name).read_bytes() == TINY_REFERENCES[name]
-    assert _gets(secondary, name) == 1 and _gets(primary, name) == 0
+    assert _logged(secondary, name) and _gets(primary, name) == 0
     servers = mount.stats()["mount"]["servers"]
     assert servers["in_use"] == secondary.url, servers
     assert mount.stats()["mount"]["server"] == secondary.url
@@ -174,7 +180,7 @@ def test_mount_fails_over_and_returns_to_primary(two_servers, mounter: Mounter) 
     assert wait_until(lambda: mount.stats()["mount"]["servers"]["in_use"] == primary.url, 30)
     name = "ddd00004j_drk.fits"
     assert (refs / name).read_bytes() == TINY_REFERENCES[name]
-    assert _gets(primary, name) == 1 and _gets(secondary, name) == 0
+    assert _logged(primary, name) and _gets(secondary, name) == 0
 
 
 def test_disagreeing_catalogs_are_eio_naming_both(tmp_path: Path, mounter: Mounter) -> None:
@@ -204,3 +210,16 @@ def test_disagreeing_catalogs_are_eio_naming_both(tmp_path: Path, mounter: Mount
     finally:
         for server in servers:
             server.stop()
+
+
+def test_dead_proxy_is_named(two_servers, monkeypatch: pytest.MonkeyPatch) -> None:
+    _root, (primary, _secondary) = two_servers
+    monkeypatch.setenv("NO_PROXY", "")
+    dead = f"http://127.0.0.1:{free_port()}"
+    with CrdsClient(primary.url, retries=0, proxy=dead) as client, \
+            pytest.raises(ServerUnreachableError) as info:
+        client.get_server_info()
+    assert f"the HTTP proxy {dead} failed" in str(info.value)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # exempt: the proxy is not used at all
+    with CrdsClient(primary.url, retries=0, proxy=dead) as client:
+        assert client.get_server_info()["observatory"] == "hst"

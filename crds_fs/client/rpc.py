@@ -154,6 +154,16 @@ class CrdsClient:
             return None
         return {"http": self.proxy, "https": self.proxy}
 
+    def _proxy_of(self, url: str) -> str | None:
+        """The proxy requests to *url* go through (explicit or environment), or None."""
+        if bypasses_proxy(url):
+            return None
+        return self.proxy or _env_proxy() or None
+
+    def _proxy_failed(self, url: str, exc: BaseException) -> str:
+        return (f"the HTTP proxy {self._proxy_of(url) or '(from the environment)'} failed "
+                f"({_describe(exc)}); check it (--proxy, CRDS_FS_PROXY, HTTP_PROXY)")
+
     def _servers_text(self) -> str:
         urls = self.server_urls
         return (f"the CRDS server {urls[0]} is" if len(urls) == 1
@@ -216,6 +226,8 @@ class CrdsClient:
                 url, data=body, timeout=self.timeout, proxies=self._proxies(url),
                 headers={"Content-Type": "application/json"},
             )
+        except requests.exceptions.ProxyError as exc:
+            raise _Retryable(self._proxy_failed(url, exc)) from None
         except requests.Timeout as exc:
             raise _Retryable(f"timed out ({_describe(exc)})") from None
         except requests.ConnectionError as exc:
@@ -268,6 +280,9 @@ class CrdsClient:
     def _parse_response(self, method: str, response: requests.Response,
                         server_url: str | None = None) -> Any:
         where = f"CRDS server {server_url or self.server_url}"
+        proxy = self._proxy_of(server_url or self.server_url)
+        if proxy:  # a proxy's own error page (403, 502, ...) must not look like the server's
+            where += f" (through the HTTP proxy {proxy})"
         try:
             answer = response.json()
         except ValueError:
@@ -528,6 +543,8 @@ class CrdsClient:
                 response = self.session.get(target, headers=headers, stream=True,
                                             timeout=self.timeout,
                                             proxies=self._proxies(target))
+            except requests.exceptions.ProxyError as exc:
+                raise _Retryable(self._proxy_failed(target, exc)) from None
             except requests.Timeout as exc:
                 raise _Retryable(f"timed out ({_describe(exc)})") from None
             except requests.ConnectionError as exc:
