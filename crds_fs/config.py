@@ -104,6 +104,13 @@ def check_server_url(url: str, origin: str = "--server or CRDS_SERVER_URL") -> s
     return url
 
 
+def _server_list(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Server URLs from 'A,B' or a list of such strings, in order, without duplicates."""
+    from .client.servers import parse_server_list
+
+    return parse_server_list(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the layers need to know about where and how to talk and store."""
@@ -124,6 +131,14 @@ class Settings:
     cache_min_free: str = "5%"
     #: longest an open() through the mount waits for a download, in seconds; 0 = no limit
     open_deadline: float = 60.0
+    #: every server in order (primary first; `server_url` is the first); () = server_url only
+    server_urls: tuple[str, ...] = ()
+    #: HTTP proxy for JSON-RPC and downloads (over HTTP_PROXY/HTTPS_PROXY); None = environment
+    proxy: str | None = None
+    #: seconds a failed server is passed over before it is tried again
+    failover_backoff: float = 30.0
+    #: seconds after a failover when traffic returns to the primary server
+    failover_reset: float = 300.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -132,7 +147,8 @@ class Settings:
         ``cache_max_bytes`` may be given as a size string ("50G", as --cache-max-size takes
         it), so every command can pass its option through unchanged.
         """
-        server = os.environ.get("CRDS_SERVER_URL", "").rstrip("/") or None
+        servers = _server_list(os.environ.get("CRDS_SERVER_URL", ""))
+        server = servers[0] if servers else None
         obs = os.environ.get("CRDS_OBSERVATORY") or None
         if obs is not None and obs.strip().lower() in ("none", ""):
             obs = None  # importing crds writes the string 'None' into the environment
@@ -153,20 +169,37 @@ class Settings:
                                       _env_size("CRDS_FS_CACHE_MAX_BYTES", 0)),
             cache_min_free=os.environ.get("CRDS_FS_CACHE_MIN_FREE", "").strip() or "5%",
             open_deadline=_env_float("CRDS_FS_OPEN_DEADLINE", 60.0),
+            server_urls=tuple(servers) or (server,),
+            proxy=os.environ.get("CRDS_FS_PROXY", "").strip() or None,
+            failover_backoff=_env_float("CRDS_FS_FAILOVER_BACKOFF", 30.0),
+            failover_reset=_env_float("CRDS_FS_FAILOVER_RESET", 300.0),
         )
         parse_min_free(settings.cache_min_free, 0)  # fail early on a malformed value
         clean = {k: v for k, v in overrides.items() if v is not None}
-        if "server_url" in clean:
-            clean["server_url"] = str(clean["server_url"]).rstrip("/")
-            check_server_url(clean["server_url"], "--server")  # type: ignore[arg-type]
+        if "server_url" in clean:  # one URL, "A,B", or a list (repeated --server)
+            urls = _server_list(clean["server_url"])  # type: ignore[arg-type]
+            if not urls:
+                raise ConfigError("no CRDS server URL given (--server / CRDS_SERVER_URL)")
+            for url in urls:
+                check_server_url(url, "--server")
+            clean["server_url"], clean["server_urls"] = urls[0], tuple(urls)
         else:
-            check_server_url(settings.server_url, "CRDS_SERVER_URL")
+            for url in settings.server_list:
+                check_server_url(url, "CRDS_SERVER_URL")
         if "cache_dir" in clean:
             clean["cache_dir"] = Path(clean["cache_dir"])  # type: ignore[arg-type]
         if isinstance(clean.get("cache_max_bytes"), str):  # "50G" from --cache-max-size
             clean["cache_max_bytes"] = parse_size(str(clean["cache_max_bytes"]),
                                                   what="--cache-max-size")
         return replace(settings, **clean)  # type: ignore[arg-type]
+
+    @property
+    def server_list(self) -> tuple[str, ...]:
+        """Every server in order; just `server_url` when the list does not start with it
+        (a copy made with `replace(server_url=...)`)."""
+        if self.server_urls and self.server_urls[0] == self.server_url:
+            return self.server_urls
+        return (self.server_url,)
 
     @property
     def effective_observatory(self) -> str | None:

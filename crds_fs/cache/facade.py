@@ -511,9 +511,10 @@ class FileCache:
             if now - self._last_probe < self.reconnect_interval:
                 return False
             self._last_probe = now
-        probe = CrdsClient(self.settings.server_url, connect_timeout=self.settings.connect_timeout,
+        probe = CrdsClient(list(self.settings.server_list),  # every server: any may be back
+                           connect_timeout=self.settings.connect_timeout,
                            read_timeout=self.settings.read_timeout, retries=0,
-                           observatory=self.observatory)
+                           observatory=self.observatory, proxy=self.settings.proxy)
         try:
             info = probe.get_server_info()
         except CrdsFsError as exc:

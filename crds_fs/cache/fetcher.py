@@ -81,6 +81,9 @@ _THREAD_MIN_SIZE = 2 * _CHUNK
 _WRITEBACK_EVERY = 8 << 20
 #: How often a waiting caller checks whether its reader was interrupted (seconds).
 INTERRUPT_POLL = 0.1
+#: said when a download failed although later attempts bypassed caches on the way
+_BYPASSED = (" (the attempts after the first asked HTTP caches on the way to refetch from the "
+             "server: Cache-Control: no-cache)")
 #: errno values that mean "the disk is full"
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -270,6 +273,14 @@ class Fetcher:
         self.index.remove(name)
         return None
 
+    def _refuse_conflict(self, name: str) -> None:
+        """VerificationError (EIO) when two servers' catalogs disagree on *name*'s sha1."""
+        conflict = getattr(self.client, "conflict", None)
+        why = conflict(name) if conflict is not None else None
+        if why:
+            log.error("refusing to serve %s: %s", name, why)
+            raise VerificationError(why)
+
     def in_flight(self, name: str) -> Download | None:
         """Hook for read-while-downloading: the transfer of *name* running in this process."""
         with self._lock:
@@ -288,6 +299,7 @@ class Fetcher:
         module doc for what happens to the download then.
         """
         info = self.info(name)
+        self._refuse_conflict(name)
         path = self.lookup(name, info)
         if path is not None:
             self._count("hits", 1)
@@ -429,6 +441,7 @@ class Fetcher:
         part, fd = self._open_part(name)
         try:
             sha1 = self._transfer(download, fd, url)
+            self._refuse_conflict(name)
             if not download.sha1:
                 log.debug("%s: the server publishes no sha1; only its size was checked", name)
             final = self.store.commit(part, fd, name)
@@ -529,11 +542,13 @@ class Fetcher:
         name, size = download.name, download.size
         written, failures = 0, 0
         while True:
-            response = self._open(download, url, written)
+            # after a failed attempt, HTTP caches on the way must not answer from their copy
+            fresh = failures > 0
+            response = self._open(download, url, written, fresh)
             if response is None:  # the server ignores ranges: start over
                 sink.restart()
                 written = 0
-                response = self._open(download, url, 0)
+                response = self._open(download, url, 0, fresh)
                 assert response is not None
             received = written
             reason, restart = "", False
@@ -566,13 +581,15 @@ class Fetcher:
                 error = VerificationError if restart else DownloadError
                 raise error(
                     f"download of '{name}' from {url} failed after {failures} attempt(s): "
-                    f"{reason}; nothing was kept. Try again later"
+                    f"{reason}{_BYPASSED if failures > 1 else ''}; nothing was kept. "
+                    "Try again later"
                 )
             delay = self.settings.backoff * 2 ** (failures - 1)
             if restart:
                 log.warning("download of %s from %s: %s; downloading it again in %.2fs "
-                            "(attempt %d of %d)", name, url, reason, delay, failures + 1,
-                            self.settings.retries + 1)
+                            "(attempt %d of %d), bypassing HTTP caches on the way "
+                            "(Cache-Control: no-cache)", name, url, reason, delay,
+                            failures + 1, self.settings.retries + 1)
                 sink.restart()
                 written = 0
             else:
@@ -590,11 +607,15 @@ class Fetcher:
                 return
             time.sleep(min(left, INTERRUPT_POLL))
 
-    def _open(self, download: Download, url: str, start: int) -> requests.Response | None:
-        """Open the body from byte *start*; None when a resume was refused (no range support)."""
+    def _open(self, download: Download, url: str, start: int,
+              fresh: bool = False) -> requests.Response | None:
+        """Open the body from byte *start*; None when a resume was refused (no range support).
+
+        *fresh*: ask caches on the way to refetch from the origin (Cache-Control: no-cache).
+        """
         self._check_cancel(download)
         try:
-            return self.open_body(url, start)
+            return self.open_body(url, start, fresh=fresh)
         except (ServerUnreachableError, DownloadError) as exc:
             if start == 0 or isinstance(exc, ServerUnreachableError):
                 raise DownloadError(
@@ -604,14 +625,17 @@ class Fetcher:
                      start, exc)
             return None
 
-    def open_body(self, url: str, start: int = 0, end: int | None = None) -> requests.Response:
+    def open_body(self, url: str, start: int = 0, end: int | None = None, *,
+                  fresh: bool = False) -> requests.Response:
         """The single place that opens download bodies (whole, or bytes [start, end)).
 
         Hook for range reads of huge files; raises the client's errors unchanged.
+        *fresh* sends Cache-Control: no-cache (a site cache served bad bytes before).
         """
+        extra = {"no_cache": True} if fresh else {}
         if start == 0 and end is None:
-            return self.client.open_stream(url)
-        return self.client.open_stream(url, start=start, end=end)
+            return self.client.open_stream(url, **extra)
+        return self.client.open_stream(url, start=start, end=end, **extra)
 
     def _count(self, key: str, amount: int = 1) -> None:
         with self._counter_lock:

@@ -54,8 +54,12 @@ OUR_FUSE_OPTS = frozenset({"nonempty"})
 
 @cli.command("mount")
 @click.argument("mountpoint", type=click.Path(path_type=Path))
-@click.option("--server", "server_url", default=None, metavar="URL",
-              help="CRDS server (real or `crds-fs serve`) [default: $CRDS_SERVER_URL].")
+@click.option("--server", "server_url", multiple=True, metavar="URL",
+              help="CRDS server (real or `crds-fs serve`); repeat for mirrors, tried in order "
+                   "on failure [default: $CRDS_SERVER_URL, comma-separated].")
+@click.option("--proxy", default=None, metavar="URL",
+              help="HTTP proxy / site cache for JSON-RPC and downloads (NO_PROXY applies) "
+                   "[default: $CRDS_FS_PROXY, else $HTTP_PROXY/$HTTPS_PROXY].")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Cache folder [default: $CRDS_FS_CACHE or ~/.cache/crds-fs].")
 @click.option("--context", default=None, metavar="NAME|operational",
@@ -99,7 +103,8 @@ OUR_FUSE_OPTS = frozenset({"nonempty"})
                    "mount follows it (no --context, or --context operational) [default: 60].")
 @click.option("--status-fd", type=int, default=None, hidden=True)
 @click.pass_context
-def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
+def mount_command(ctx: click.Context, mountpoint: Path, server_url: tuple[str, ...],
+                  proxy: str | None,
                   cache_dir: Path | None, context: str | None, observatory: str | None,
                   foreground: bool, offline: bool, log_file: Path | None,
                   read_timeout: float | None, retries: int | None,
@@ -111,7 +116,8 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
     Files are listed from the server catalog and downloaded (verified) on first open;
     point CRDS_PATH at MOUNTPOINT with CRDS_READONLY_CACHE=1 to use it from crds.
     """
-    settings = Settings.from_env(server_url=server_url, cache_dir=cache_dir,
+    settings = Settings.from_env(server_url=list(server_url) or None, proxy=proxy,
+                                 cache_dir=cache_dir,
                                  observatory=observatory, context=context,
                                  read_timeout=read_timeout, retries=retries,
                                  cache_max_bytes=(parse_size(cache_max_size,
@@ -146,8 +152,10 @@ def _child_args(ctx: click.Context, settings: Settings, mountpoint: Path) -> lis
     """The daemon's command line: this one, in foreground mode, with the settings explicit
     (the cache as an absolute path: the daemon runs in /) and every other option given on
     this command line forwarded as is (so options added later need no change here)."""
-    args = ["mount", str(mountpoint), "--foreground", "--server", settings.server_url,
-            "--cache", str(Path(settings.cache_dir).resolve())]
+    args = ["mount", str(mountpoint), "--foreground"]
+    for url in settings.server_list:
+        args += ["--server", url]
+    args += ["--cache", str(Path(settings.cache_dir).resolve())]
     if settings.context is not None:
         args += ["--context", settings.context]
     if settings.observatory is not None:

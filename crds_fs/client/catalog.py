@@ -174,8 +174,21 @@ def fetch_catalog(client: CrdsClient, observatory: str) -> Catalog:
             f"CRDS server {client.server_url} returned a file catalog of type "
             f"{type(records).__name__}, expected an object"
         )
-    return Catalog(observatory, parse_file_records(records), info,
-                   server_url=client.server_url, fetched_at=time.time())
+    catalog = Catalog(observatory, parse_file_records(records), info,
+                      server_url=client.server_url, fetched_at=time.time())
+    client.check_mirrors(_Sha1s(catalog), catalog.server_url)  # several servers must agree
+    return catalog
+
+
+class _Sha1s:
+    """`.get(name)` -> the catalog's sha1 of *name* (for CrdsClient.check_mirrors)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def get(self, name: str) -> str | None:
+        info = self.catalog.get(name)
+        return info.sha1 if info is not None else None
 
 
 def stored_catalog(index: Any, observatory: str) -> Catalog | None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -25,6 +27,7 @@ from ..config import Settings
 from ..errors import DownloadError, ProtocolError, ServerUnreachableError, ServiceError
 from .names import file_kind
 from .payload import crds_decode
+from .servers import DEFAULT_BACKOFF, DEFAULT_RESET, ServerPool, parse_server_list
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +47,23 @@ class _Retryable(Exception):
 
 
 class CrdsClient:
-    """Talks to one CRDS server (real or `crds-fs serve`); safe to share between threads.
+    """Talks to CRDS servers (real or `crds-fs serve`); safe to share between threads.
 
-    `retries` is the number of extra attempts after the first one; attempt *n* waits
-    ``backoff * 2**(n-1)`` seconds first.  Timeouts are per socket operation (connect, then
-    each read), as requests defines them.
+    *server_url* is one URL, a comma-separated list or a list: several servers are a
+    primary and its mirrors, with failover between them (see `crds_fs.client.servers`).
+    `retries` is the number of extra rounds after the first one; round *n* waits
+    ``backoff * 2**(n-1)`` seconds first, and each round tries every server (the one in use
+    first).  Timeouts are per socket operation (connect, then each read), as requests
+    defines them.
+
+    HTTP proxies: requests honours HTTP_PROXY/HTTPS_PROXY/NO_PROXY from the environment
+    (the session keeps `trust_env`); *proxy* (``--proxy`` / CRDS_FS_PROXY) takes precedence
+    over them for every URL that NO_PROXY does not exempt.
     """
 
     def __init__(
         self,
-        server_url: str,
+        server_url: str | list[str] | tuple[str, ...],
         *,
         connect_timeout: float = 5,
         read_timeout: float = 30,
@@ -61,10 +71,15 @@ class CrdsClient:
         backoff: float = 0.5,
         pool_size: int = 16,
         observatory: str | None = None,
+        proxy: str | None = None,
+        failover_backoff: float = DEFAULT_BACKOFF,
+        failover_reset: float = DEFAULT_RESET,
     ) -> None:
         """*observatory*: the one wanted; when the server answers for another, its
         ``/<observatory>`` prefix is tried once (see `get_server_info`)."""
-        self.server_url = server_url.rstrip("/")
+        self.pool = ServerPool(parse_server_list(server_url), backoff=failover_backoff,
+                               reset_after=failover_reset)
+        self.proxy = (proxy or "").strip() or None
         self.observatory = observatory
         self.timeout = (float(connect_timeout), float(read_timeout))
         self.retries = max(0, int(retries))
@@ -83,13 +98,31 @@ class CrdsClient:
     def from_settings(cls, settings: Settings) -> CrdsClient:
         """A client configured from CRDS_SERVER_URL / CRDS_FS_* settings."""
         return cls(
-            settings.server_url,
+            list(settings.server_list),
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             retries=settings.retries,
             backoff=settings.backoff,
             observatory=settings.effective_observatory,
+            proxy=settings.proxy,
+            failover_backoff=settings.failover_backoff,
+            failover_reset=settings.failover_reset,
         )
+
+    @property
+    def server_url(self) -> str:
+        """URL of the server in use (the primary unless failed over)."""
+        return self.pool.servers[self.pool.current].url
+
+    @property
+    def server_urls(self) -> list[str]:
+        return [server.url for server in self.pool.servers]
+
+    def servers_status(self) -> dict[str, Any]:
+        """Which server is in use and how each one fares (for `.crds-fs/stats`)."""
+        status = self.pool.status()
+        status["proxy"] = self.proxy or _env_proxy() or None
+        return status
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -114,18 +147,35 @@ class CrdsClient:
     def _rpc_url(self, base: str | None) -> str:
         return (base or self.server_url) + "/json/"
 
-    def _with_retries(self, what: str, attempt: Callable[[], T]) -> T:
-        """Run *attempt* until it succeeds or the retry budget is spent.
+    def _proxies(self, url: str) -> dict[str, str] | None:
+        """Per-request proxies: the explicit proxy unless NO_PROXY exempts *url*; None
+        lets requests apply HTTP_PROXY/HTTPS_PROXY/NO_PROXY from the environment."""
+        if self.proxy is None or bypasses_proxy(url):
+            return None
+        return {"http": self.proxy, "https": self.proxy}
 
-        *attempt* raises _Retryable for transient failures; anything else propagates at once.
-        """
+    def _proxy_of(self, url: str) -> str | None:
+        """The proxy requests to *url* go through (explicit or environment), or None."""
+        if bypasses_proxy(url):
+            return None
+        return self.proxy or _env_proxy() or None
+
+    def _proxy_failed(self, url: str, exc: BaseException) -> str:
+        return (f"the HTTP proxy {self._proxy_of(url) or '(from the environment)'} failed "
+                f"({_describe(exc)}); check it (--proxy, CRDS_FS_PROXY, HTTP_PROXY)")
+
+    def _servers_text(self) -> str:
+        urls = self.server_urls
+        return (f"the CRDS server {urls[0]} is" if len(urls) == 1
+                else f"one of the CRDS servers {', '.join(urls)} is")
+
+    def _with_retries(self, what: str, attempt: Callable[[], T]) -> T:
+        """Run *attempt* (one fixed URL, no failover) until it succeeds or the retry
+        budget is spent; *attempt* raises _Retryable for transient failures."""
         last = ""
         for number in range(self.retries + 1):
             if number:
-                delay = self.backoff * 2 ** (number - 1)
-                log.info("retrying %s in %.2fs (attempt %d of %d): %s",
-                         what, delay, number + 1, self.retries + 1, last)
-                time.sleep(delay)
+                self._pause(what, number, last)
             try:
                 return attempt()
             except _Retryable as exc:
@@ -136,12 +186,48 @@ class CrdsClient:
             "(CRDS_SERVER_URL), or work offline from the cache."
         )
 
+    def _pause(self, what: str, number: int, last: str) -> None:
+        delay = self.backoff * 2 ** (number - 1)
+        log.info("retrying %s in %.2fs (attempt %d of %d): %s",
+                 what, delay, number + 1, self.retries + 1, last)
+        time.sleep(delay)
+
+    def _with_failover(self, what: str, attempt: Callable[[int], T]) -> T:
+        """Run *attempt(server index)* over the pool: the server in use first, then the
+        others (see ServerPool.candidates); every round, until the retry budget is spent.
+
+        A _Retryable failure marks that server down and moves on to the next one at once;
+        the backoff pause comes only between rounds.  Other errors propagate.
+        """
+        last, tried = "", 0
+        for number in range(self.retries + 1):
+            if number:
+                self._pause(what, number, last)
+            for index in self.pool.candidates():
+                tried += 1
+                try:
+                    result = attempt(index)
+                except _Retryable as exc:
+                    self.pool.failed(index, exc.message)
+                    last = (exc.message if len(self.pool) == 1
+                            else f"{self.pool.servers[index].url}: {exc.message}")
+                    continue
+                self.pool.succeeded(index)
+                return result
+        raise ServerUnreachableError(
+            f"{what} failed after {tried} attempt(s): {last}. "
+            f"Check that {self._servers_text()} running and reachable "
+            "(CRDS_SERVER_URL), or work offline from the cache."
+        )
+
     def _post_once(self, method: str, body: bytes, url: str) -> requests.Response:
         try:
             response = self.session.post(
-                url, data=body, timeout=self.timeout,
+                url, data=body, timeout=self.timeout, proxies=self._proxies(url),
                 headers={"Content-Type": "application/json"},
             )
+        except requests.exceptions.ProxyError as exc:
+            raise _Retryable(self._proxy_failed(url, exc)) from None
         except requests.Timeout as exc:
             raise _Retryable(f"timed out ({_describe(exc)})") from None
         except requests.ConnectionError as exc:
@@ -161,21 +247,42 @@ class CrdsClient:
         ServerUnreachableError when all attempts failed, ProtocolError for answers that are
         not CRDS JSON-RPC.
         """
-        return self._call_at(None, method, *params)
+        return self._call_indexed(method, *params)[0]
 
-    def _call_at(self, base: str | None, method: str, *params: Any) -> Any:
-        """`call` against server URL *base* (None: this client's)."""
+    def _envelope(self, method: str, params: tuple[Any, ...]) -> bytes:
         request_id = f"{self._id_prefix}-{next(self._ids):08x}"
         envelope = {"jsonrpc": "1.0", "method": method, "params": list(params), "id": request_id}
-        body = json.dumps(envelope).encode("utf-8")
+        return json.dumps(envelope).encode("utf-8")
+
+    def _call_indexed(self, method: str, *params: Any) -> tuple[Any, int]:
+        """`call` with failover; also returns the index of the server that answered."""
+        body = self._envelope(method, params)
+
+        def attempt(index: int) -> tuple[Any, int]:
+            base = self.pool.servers[index].url
+            response = self._post_once(method, body, self._rpc_url(base))
+            return self._parse_response(method, response, base), index
+
+        urls = self.server_urls
+        where = self._rpc_url(urls[0]) if len(urls) == 1 else ", ".join(urls)
+        return self._with_failover(f"JSON-RPC '{method}' to {where}", attempt)
+
+    def _call_at(self, base: str | None, method: str, *params: Any) -> Any:
+        """`call` against server URL *base* only (None: with failover over the pool)."""
+        if base is None:
+            return self.call(method, *params)
+        body = self._envelope(method, params)
         url = self._rpc_url(base)
         what = f"JSON-RPC '{method}' to {url}"
         response = self._with_retries(what, lambda: self._post_once(method, body, url))
-        return self._parse_response(method, response, base or self.server_url)
+        return self._parse_response(method, response, base)
 
     def _parse_response(self, method: str, response: requests.Response,
                         server_url: str | None = None) -> Any:
         where = f"CRDS server {server_url or self.server_url}"
+        proxy = self._proxy_of(server_url or self.server_url)
+        if proxy:  # a proxy's own error page (403, 502, ...) must not look like the server's
+            where += f" (through the HTTP proxy {proxy})"
         try:
             answer = response.json()
         except ValueError:
@@ -212,10 +319,19 @@ class CrdsClient:
         ``/<obs>/``): ``<server>/<observatory>`` is asked once and, when it answers for the
         wanted observatory, becomes this client's server URL.
         """
-        info = self._server_info_at(None)
+        info, index = self._call_indexed("get_server_info")
+        info = self._check_info(info, self.pool.servers[index].url)
+        info = self._discover(index, info)
+        self._remember(index, info)
+        self._server_info = info
+        return info
+
+    def _discover(self, index: int, info: dict[str, Any]) -> dict[str, Any]:
+        """Server *index* answers for another observatory: try its ``/<observatory>``."""
         wanted = self.observatory
+        url = self.pool.servers[index].url
         if wanted and info.get("observatory") != wanted:
-            candidate = f"{self.server_url}/{wanted}"
+            candidate = f"{url}/{wanted}"
             try:
                 other = self._server_info_at(candidate)
             except (ServiceError, ProtocolError, ServerUnreachableError) as exc:
@@ -223,10 +339,80 @@ class CrdsClient:
             else:
                 if other.get("observatory") == wanted:
                     log.info("CRDS server %s answers for %r; using %s for %s",
-                             self.server_url, info.get("observatory"), candidate, wanted)
-                    self.server_url = candidate
-                    info = other
-        self._server_info = info
+                             url, info.get("observatory"), candidate, wanted)
+                    self.pool.servers[index].url = candidate
+                    return other
+        return info
+
+    def _remember(self, index: int, info: dict[str, Any]) -> None:
+        """Keep server *index*'s info (download bases) and compare its catalog once."""
+        server = self.pool.servers[index]
+        server.info = {k: v for k, v in info.items() if k != "download_metadata"}
+        if not self.pool.needs_check(index):
+            return
+        records = decode_download_metadata(info)
+        if records is None:
+            records = self._call_at(server.url, "get_file_info_map", self.observatory
+                                    or info.get("observatory"), None, ["sha1sum", "size"])
+        if isinstance(records, dict):
+            self.pool.compare(index, _sha1s(records))
+
+    def _know(self, index: int) -> None:
+        """Make sure server *index*'s own info is known (for its download URLs and the
+        catalog comparison); raises _Retryable when it cannot be fetched."""
+        server = self.pool.servers[index]
+        if server.info is not None and not self.pool.needs_check(index):
+            return
+        with server.lock:
+            if server.info is not None and not self.pool.needs_check(index):
+                return
+            try:
+                info = self._server_info_once(server.url)
+                info = self._discover(index, info)
+                self._remember(index, info)
+            except (ServerUnreachableError, ProtocolError, ServiceError) as exc:
+                raise _Retryable(f"server info unavailable ({exc})") from None
+
+    def _server_info_once(self, base: str) -> dict[str, Any]:
+        """get_server_info of *base*, one attempt (a failover probe must not linger)."""
+        body = self._envelope("get_server_info", ())
+        url = self._rpc_url(base)
+        try:
+            response = self._post_once("get_server_info", body, url)
+        except _Retryable as exc:
+            raise ServerUnreachableError(f"JSON-RPC 'get_server_info' to {url} failed: "
+                                         f"{exc.message}") from None
+        return self._check_info(self._parse_response("get_server_info", response, base), base)
+
+    def check_mirrors(self, sha1s: Any, server_url: str) -> None:
+        """Register the catalog in use (*sha1s*: `.get(name)` -> sha1) and compare every
+        other server's catalog with it now; unreachable ones are compared on first use."""
+        if len(self.pool) < 2:
+            return
+        self.pool.set_reference(sha1s, server_url)
+        for index, server in enumerate(self.pool.servers):
+            if server.url == server_url:
+                continue
+            try:
+                self._know(index)
+            except _Retryable as exc:
+                log.warning("CRDS server %s: %s; its catalog is compared with %s's when it is "
+                            "first used", server.url, exc.message, server_url)
+        if self.pool.conflicts:
+            log.error("%d file(s) differ between the CRDS servers %s and are not served",
+                      len(self.pool.conflicts), ", ".join(self.server_urls))
+
+    def conflict(self, name: str) -> str | None:
+        """Why *name* must not be served (two servers disagree on its sha1), or None."""
+        return self.pool.conflict(name)
+
+    @staticmethod
+    def _check_info(info: Any, base: str) -> dict[str, Any]:
+        if not isinstance(info, dict):
+            raise ProtocolError(
+                f"CRDS server {base} returned {type(info).__name__} for "
+                "get_server_info, expected an object"
+            )
         return info
 
     def _server_info_at(self, base: str | None) -> dict[str, Any]:
@@ -334,7 +520,8 @@ class CrdsClient:
             )
         return url
 
-    def open_stream(self, url: str, start: int = 0, end: int | None = None) -> requests.Response:
+    def open_stream(self, url: str, start: int = 0, end: int | None = None, *,
+                    no_cache: bool = False) -> requests.Response:
         """Streaming GET of *url*, bytes [start, end) (end exclusive, like a slice).
 
         Returns the open response (status 200 or 206); the caller must close it.  Connection
@@ -347,11 +534,17 @@ class CrdsClient:
         headers: dict[str, str] = {}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        if no_cache:  # HTTP caches on the way (nginx, squid) must refetch, not serve
+            headers["Cache-Control"] = "no-cache"
+            headers["Pragma"] = "no-cache"
 
-        def attempt() -> requests.Response:
+        def get(target: str) -> requests.Response:
             try:
-                response = self.session.get(url, headers=headers, stream=True,
-                                            timeout=self.timeout)
+                response = self.session.get(target, headers=headers, stream=True,
+                                            timeout=self.timeout,
+                                            proxies=self._proxies(target))
+            except requests.exceptions.ProxyError as exc:
+                raise _Retryable(self._proxy_failed(target, exc)) from None
             except requests.Timeout as exc:
                 raise _Retryable(f"timed out ({_describe(exc)})") from None
             except requests.ConnectionError as exc:
@@ -361,8 +554,19 @@ class CrdsClient:
                 raise _Retryable(f"HTTP {response.status_code} {response.reason}")
             return response
 
-        response = self._with_retries(f"download of {url}", attempt)
-        self._check_download_status(url, response, ranged=bool(headers))
+        if len(self.pool) == 1 or self.pool.index_of(url) is None:
+            response = self._with_retries(f"download of {url}", lambda: get(url))
+        else:
+            def attempt(index: int) -> requests.Response:
+                if len(self.pool) > 1:
+                    self._know(index)
+                target = self.pool.relocate(url, index)
+                if target is None:
+                    raise _Retryable(f"no download URL for {url} on this server")
+                return get(target)
+
+            response = self._with_failover(f"download of {url}", attempt)
+        self._check_download_status(response.url, response, ranged="Range" in headers)
         return response
 
     @staticmethod
@@ -418,6 +622,54 @@ def decode_download_metadata(info: dict[str, Any]) -> dict[str, dict] | None:
             f"server info download_metadata decodes to {type(decoded).__name__}, not an object"
         )
     return decoded
+
+
+def _sha1s(records: dict[str, Any]) -> dict[str, str]:
+    """{name: lower-case sha1} of download_metadata / get_file_info_map records."""
+    out: dict[str, str] = {}
+    for name, record in records.items():
+        if isinstance(record, dict):
+            sha1 = str(record.get("sha1sum") or "").lower()
+            if sha1 and sha1 != "none":
+                out[name] = sha1
+    return out
+
+
+def _env_proxy() -> str:
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return ""
+
+
+def bypasses_proxy(url: str) -> bool:
+    """True when NO_PROXY (or no_proxy) exempts *url*'s host from the proxy.
+
+    The curl convention: comma-separated host names, domains ('.example.org' or
+    'example.org' matches its subdomains too), IP addresses, optional ':port'; '*' exempts
+    everything.
+    """
+    value = os.environ.get("NO_PROXY", os.environ.get("no_proxy", ""))
+    if not value.strip():
+        return False
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for entry in value.split(","):
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, _, want_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if want_port and not want_port.isdigit():
+            name, want_port = entry, ""
+        if want_port and int(want_port) != port:
+            continue
+        name = name.strip("[]").lstrip(".")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
 
 
 def _has_error_envelope(response: requests.Response) -> bool:

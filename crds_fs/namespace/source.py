@@ -311,6 +311,7 @@ class MountSource:
                 "observatory": self.env.observatory,
                 "context": self.context,
                 "server": cache.client.server_url,  # incl. a discovered /<obs>
+                "servers": _servers_status(cache),  # failover state: which one is in use
                 "online": bool(cache.online),
                 "cache_dir": str(cache.settings.cache_dir),
                 "started": datetime.fromtimestamp(self.started, UTC).isoformat(),
@@ -327,6 +328,15 @@ class MountSource:
         """Release every open handle (at unmount)."""
         for fh in list(self._handles):
             self.release("", fh)
+
+
+def _servers_status(cache: FileCache) -> Any:
+    """The client's failover state (servers, the one in use, proxy), or None."""
+    status = getattr(cache.client, "servers_status", None)
+    try:
+        return status() if status is not None else None
+    except Exception as exc:  # stats must never break the stats file itself
+        return {"error": str(exc)}
 
 
 def resolve_context(cache: FileCache, context: str | None) -> str:

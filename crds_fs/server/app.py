@@ -11,6 +11,10 @@ Routes:
   observatory from the URL.
 - ``GET|HEAD /unchecked_get/{mappings,references,config}/<obs>/<name>``: file downloads with
   Content-Length, ETag (the file's sha1) and Range (206) support, streamed from disk.
+  Mappings and references are marked ``Cache-Control: public, max-age=31536000, immutable``
+  (a CRDS name never gets new bytes), config/ files ``max-age=60``; JSON-RPC answers and
+  errors ``no-cache``.  So a site's standard HTTP cache (nginx, squid; docs/site-cache.md)
+  keeps files and never stale answers.
 - ``GET /``: a small JSON description of what is served.
 
 JSON-RPC errors are answered with HTTP 200 and an error envelope, because crds' client
@@ -45,6 +49,14 @@ from .methods import Env, dispatch, error_name
 from .store import DIR_KINDS, FileRecord, ServedRoot
 
 log = logging.getLogger("crds_fs.server")
+
+#: Cache-Control of a mapping or reference whose bytes are the indexed ones (sha1 ETag):
+#: CRDS files never change under their name, so HTTP caches may keep them for a year.
+IMMUTABLE = "public, max-age=31536000, immutable"
+#: Cache-Control of what can change: config/ files (server_config), the index page
+CHANGING = "public, max-age=60"
+#: Cache-Control of JSON-RPC answers and errors (a missing file may be delivered later)
+NO_CACHE = "no-cache"
 
 MAX_BODY = 16 * 1024 * 1024
 #: seconds a client may take to send a JSON-RPC request body
@@ -141,7 +153,7 @@ class _Server:
             "observatories": self.store.observatories,
             "default_observatory": self.default_observatory(),
             "json_rpc": self.base_url(request) + "/json/",
-        })
+        }, headers={"cache-control": CHANGING})
 
     # --- JSON-RPC -----------------------------------------------------------------------
 
@@ -195,7 +207,8 @@ class _Server:
             return _fail(request, request_id, _error(
                 "InternalError", 500, f"internal server error in {method!r}: "
                 f"{type(exc).__name__}: {exc}"))
-        return Response(payload, media_type="application/json")
+        return Response(payload, media_type="application/json",
+                        headers={"cache-control": NO_CACHE})
 
     # --- static files -------------------------------------------------------------------
 
@@ -204,11 +217,13 @@ class _Server:
         obs = request.path_params["obs"]
         name = request.path_params["name"]
         if not is_safe_basename(name) or not is_safe_basename(obs):
-            return PlainTextResponse(f"invalid file name {name!r}: plain names only\n", 400)
+            return PlainTextResponse(f"invalid file name {name!r}: plain names only\n", 400,
+                                     headers={"cache-control": NO_CACHE})
         kind = DIR_KINDS.get(kind_dir)
         if kind is None or obs not in self.store.observatories:
             return PlainTextResponse(
-                f"no such folder {kind_dir}/{obs}/ on this server\n", 404)
+                f"no such folder {kind_dir}/{obs}/ on this server\n", 404,
+                headers={"cache-control": NO_CACHE})
 
         def lookup() -> tuple[FileRecord, int, os.stat_result] | None:
             self.store.refresh()
@@ -216,11 +231,15 @@ class _Server:
 
         opened = await run_in_threadpool(lookup)
         if opened is None:
-            return PlainTextResponse(f"no file {kind_dir}/{obs}/{name} on this server\n", 404)
+            return PlainTextResponse(f"no file {kind_dir}/{obs}/{name} on this server\n", 404,
+                                     headers={"cache-control": NO_CACHE})
         record, fd, stat = opened
-        headers = {}
+        # A file changed on disk since it was indexed (size/mtime differ) may not match its
+        # catalog sha1: no strong ETag then, and no cache may keep it.
+        headers = {"cache-control": NO_CACHE}
         if (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns) and record.sha1:
             headers["etag"] = f'"{record.sha1}"'  # else Starlette's size-mtime tag
+            headers["cache-control"] = CHANGING if kind_dir == "config" else IMMUTABLE
             if headers["etag"] in _etags(request.headers.get("if-none-match", "")):
                 os.close(fd)
                 return Response(status_code=304, headers=headers)
@@ -281,7 +300,8 @@ def _fail(request: Request, request_id: Any, error: dict[str, Any],
     """An error envelope; the access log line shows the message."""
     request.state.rpc_error = error["message"]
     body = {"jsonrpc": "1.0", "id": request_id, "result": None, "error": error}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status,
+                        headers={"cache-control": NO_CACHE, **(headers or {})})
 
 
 def _loggable_path(scope: Scope) -> str:
