@@ -24,7 +24,7 @@ def cli(verbose: int) -> None:
 
 def _register() -> None:
     # Imported for their side effect of adding commands to `cli`.
-    from . import bestrefs, demo, mount, serve  # noqa: F401
+    from . import bestrefs, demo, mount, refresh, serve  # noqa: F401
 
 
 _register()

@@ -86,6 +86,10 @@ LOG_FORMAT = "%(asctime)s crds-fs[%(process)d] %(levelname)s %(name)s: %(message
 @click.option("--poll", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
               help="How often bestrefs/ checks the server's operational context when the "
                    "mount follows it (no --context, or --context operational) [default: 60].")
+@click.option("--refresh", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="How often the daemon checks the server for new files, a new operational "
+                   "context or bad files (0 = never; `crds-fs refresh` and SIGHUP check at "
+                   "once) [default: $CRDS_FS_REFRESH or 600].")
 @click.option("--status-fd", type=int, default=None, hidden=True)
 @click.pass_context
 def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
@@ -94,7 +98,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
                   read_timeout: float | None, retries: int | None,
                   cache_max_size: str | None, ready_timeout: float,
                   fuse_opts: tuple[str, ...], datasets: Path | None, engine: str | None,
-                  poll: float | None, status_fd: int | None) -> None:
+                  poll: float | None, refresh: float | None, status_fd: int | None) -> None:
     """Mount CRDS at MOUNTPOINT: mappings/, references/, config/ as a CRDS cache.
 
     Files are listed from the server catalog and downloaded (verified) on first open;
@@ -110,7 +114,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
     _configure_bestrefs(datasets, engine, poll)
     if foreground or status_fd is not None:
         run_foreground(settings, mountpoint, offline=offline, log_file=log_file,
-                       fuse_opts=fuse_opts, status_fd=status_fd,
+                       fuse_opts=fuse_opts, status_fd=status_fd, refresh=refresh,
                        verbose=ctx.find_root().params.get("verbose", 0))
         return
     check_mountpoint(mountpoint)
@@ -321,13 +325,13 @@ def configure_logging(log_file: Path | None, verbose: int) -> None:
 
 def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
                    log_file: Path | None, fuse_opts: tuple[str, ...], status_fd: int | None,
-                   verbose: int) -> None:
+                   verbose: int, refresh: float | None = None) -> None:
     """Open the cache, build the namespace, mount and serve until unmounted or signalled."""
     status = _StatusPipe(status_fd)
     configure_logging(log_file, verbose)
     try:
         check_mountpoint(mountpoint)
-        cache, operations = _prepare(settings, mountpoint, offline, status)
+        cache, operations = _prepare(settings, mountpoint, offline, status, refresh)
     except CrdsFsError as exc:
         log.error("%s", exc)
         status.send(f"error: {exc}")
@@ -337,7 +341,10 @@ def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
         status.send(f"error: {type(exc).__name__}: {exc}")
         raise
     from ..fuse import fuse_options, run_fuse
+    from ..namespace.refresh import watch_sighup
 
+    refresher = operations.source.refresher
+    unwatch = watch_sighup(refresher) if refresher is not None else None
     try:
         run_fuse(operations, str(mountpoint), **fuse_options(extra=_parse_fuse_opts(fuse_opts)))
     except CrdsFsError as exc:
@@ -345,20 +352,27 @@ def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
         raise
     finally:
         status.send("error: the FUSE loop ended before the mount was ready")
+        if refresher is not None:
+            refresher.stop()
+        if unwatch is not None:
+            unwatch()
         cache.close()
     log.info("unmounted %s; daemon exiting", mountpoint)
 
 
 def _prepare(settings: Settings, mountpoint: Path, offline: bool,
-             status: _StatusPipe) -> tuple[Any, Any]:
+             status: _StatusPipe, refresh: float | None = None) -> tuple[Any, Any]:
     from ..cache import FileCache
     from ..fuse import CrdsOperations
     from ..namespace import MountSource
+    from ..namespace.refresh import Refresher, attach, refresh_interval
 
     started = time.perf_counter()
     cache = FileCache.open(settings, observatory=settings.observatory, offline=offline)
     try:
         source = MountSource(cache, context=settings.context, mountpoint=str(mountpoint))
+        refresher = attach(source, Refresher(source, interval=refresh_interval(refresh),
+                                             offline=offline))
     except BaseException:
         cache.close()
         raise
@@ -370,7 +384,10 @@ def _prepare(settings: Settings, mountpoint: Path, offline: bool,
              settings.cache_dir, state, time.perf_counter() - started)
 
     def ready() -> None:
-        log.info("mounted %s (pid %d)", mountpoint, os.getpid())
+        log.info("mounted %s (pid %d); checking the server for changes %s", mountpoint,
+                 os.getpid(), f"every {refresher.interval:g}s" if refresher.interval
+                 else "only when asked (crds-fs refresh, SIGHUP)")
+        refresher.start()
         status.send("ready")
 
     # The catalog and everything loaded so far live as long as the mount: keep them out of
