@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -42,7 +43,7 @@ def refresh_command(mountpoint: Path, as_json: bool) -> None:
                 more = f" (and {count - len(names)} more)" if count > len(names) else ""
                 click.echo(f"  {label}: {', '.join(names)}{more}")
     if report.get("result") in ("failed", "pending"):
-        raise click.exceptions.Exit(1)
+        sys.exit(1)
 
 
 def read_report(mountpoint: Path) -> dict:

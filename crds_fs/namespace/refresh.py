@@ -117,7 +117,8 @@ class RefreshReport:
         if self.result == "unchanged":
             return f"no change ({self.files} files, context {self.context_after})"
         parts = [f"{self.added} file{'s' if self.added != 1 else ''} added",
-                 f"{self.removed} removed"]
+                 f"{self.removed} removed"
+                 + (f" ({self.retained} still readable: cached)" if self.retained else "")]
         if self.changed:
             parts.append(f"{self.changed} changed")
         if self.context_before != self.context_after:
@@ -142,7 +143,9 @@ class Refresher:
 
     def __init__(self, source: MountSource, *, interval: float = DEFAULT_INTERVAL,
                  offline: bool = False, client: CrdsClient | None = None,
-                 backoff_start: float = BACKOFF_START) -> None:
+                 backoff_start: float = BACKOFF_START, use_digest: bool = True) -> None:
+        """*use_digest*=False skips `get_catalog_digest` (checks as against a real CRDS
+        server: contexts first, then the whole catalog)."""
         self.source = source
         self.cache = source.cache
         self.interval = max(0.0, float(interval))
@@ -157,7 +160,7 @@ class Refresher:
         #: the catalog as the server last listed it (the mount's may retain more names)
         self.server_catalog: Catalog = self.cache.catalog
         self._token: tuple[str, ...] | None = None
-        self._digest_offered: bool | None = None
+        self._digest_offered: bool | None = None if use_digest else False
         self._last_full = (time.monotonic() if self.cache.catalog.source == "server"
                            else -math.inf)
         self._sent = self._received = 0
