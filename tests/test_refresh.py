@@ -252,3 +252,49 @@ def test_without_digest_compares_catalogs(server: Any, root: Path, tmp_path: Pat
         assert control["result"] == "unchanged"
         assert source.status()["refresh"]["changes"] == 1
         source.close()
+
+
+def test_dropped_file_stays_while_cached_then_goes(server: Any, root: Path,
+                                                   tmp_path: Path) -> None:
+    from crds_fs.cache import FileCache
+    from crds_fs.config import Settings
+    from crds_fs.errors import NoSuchPathError
+    from crds_fs.namespace import MountSource
+    from crds_fs.namespace.refresh import Refresher, attach
+
+    name = "hst_acs_bpixtab_9302.fits"
+    path = f"/references/{OBS}/{name}"
+    settings = Settings.from_env(server_url=server.url, cache_dir=tmp_path / "cache",
+                                 observatory=OBS)
+    with FileCache.open(settings, observatory=OBS) as cache:
+        source = MountSource(cache)
+        refresher = attach(source, Refresher(source, interval=0))
+        cache.ensure(name)
+        os.replace(root / "references" / OBS / name, tmp_path / name)
+        report = refresher.check("command")
+        assert (report.removed, report.retained) == (1, 1)
+        assert source.getattr(path)["st_size"] == (tmp_path / name).stat().st_size
+        cache.local_path(name).unlink()  # evicted (e.g. by another process sharing it)
+        refresher.check("command")
+        with pytest.raises(NoSuchPathError):
+            source.getattr(path)
+        assert name not in cache.catalog.retained
+        source.close()
+
+
+def test_catalog_digest_moves_with_the_catalog(server: Any, root: Path) -> None:
+    from crds_fs.client.catalog import catalog_digest
+    from crds_fs.client.rpc import CrdsClient
+
+    with CrdsClient(server.url) as client:
+        first = catalog_digest(client, OBS)
+        assert first is not None and first["operational_context"] == NEW_CONTEXT
+        assert catalog_digest(client, OBS) == first
+        deliver(root)
+        second = catalog_digest(client, OBS)
+        assert second is not None and second["digest"] != first["digest"]
+        assert second["files"] == first["files"] + 1
+        edit_server_config(root, bad_files_list=[NEWLY_BAD])
+        third = catalog_digest(client, OBS)
+        assert third is not None and third["digest"] != second["digest"]
+        assert third["files"] == second["files"]

@@ -269,6 +269,7 @@ class Refresher:
                     raise OfflineError("this mount was started --offline: it never asks the "
                                        "server; remount without --offline to refresh")
                 self._check_once(report, forced)
+                self._prune_retained()
             except CrdsFsError as exc:
                 report.result, report.error = "failed", str(exc)
             except Exception as exc:  # a bug must not end the thread or the mount
@@ -346,6 +347,21 @@ class Refresher:
         report.bad_files_changed = diff.bad_files_changed
         gone = sorted(dropped - keep) + diff.changed
         self._invalidate(gone, mounted)
+
+    def _prune_retained(self) -> None:
+        """Drop retained names whose cached copy is gone (evicted): from then on they are
+        ENOENT like any file the server no longer has."""
+        catalog = self.cache.catalog
+        gone = {name for name in catalog.retained if not self.cache.is_cached(name)}
+        if not gone:
+            return
+        keep = set(catalog.retained) - gone
+        self.cache.replace_catalog(self.server_catalog.with_retained(catalog, keep),
+                                   stored=self.server_catalog)
+        self.source.catalog_replaced(self.source.context)
+        self._invalidate(sorted(gone), self.cache.catalog)
+        log.info("refresh: %d file(s) the server dropped are no longer cached and now gone: "
+                 "%s", len(gone), ", ".join(sorted(gone)[:10]))
 
     def _invalidate(self, names: list[str], catalog: Catalog) -> None:
         """Drop what the kernel caches about *names* and the regenerated config files."""
