@@ -298,3 +298,26 @@ def test_catalog_digest_moves_with_the_catalog(server: Any, root: Path) -> None:
         third = catalog_digest(client, OBS)
         assert third is not None and third["digest"] != second["digest"]
         assert third["files"] == second["files"]
+
+
+def test_refresh_zero_never_polls(server: Any, root: Path, tmp_path: Path) -> None:
+    """--refresh 0: the thread runs (for crds-fs refresh) but never checks by itself."""
+    import time
+
+    from crds_fs.cache import FileCache
+    from crds_fs.config import Settings
+    from crds_fs.namespace import MountSource
+    from crds_fs.namespace.refresh import Refresher, attach
+
+    settings = Settings.from_env(server_url=server.url, cache_dir=tmp_path / "cache",
+                                 observatory=OBS)
+    with FileCache.open(settings, observatory=OBS) as cache:
+        source = MountSource(cache)
+        refresher = attach(source, Refresher(source, interval=0))
+        refresher.start()
+        time.sleep(1.0)
+        assert refresher.checks == 0 and refresher.status()["next_check_in_s"] is None
+        report = refresher.request("command", wait=30)
+        assert report is not None and report.trigger == "command"
+        assert refresher.checks == 1
+        source.close()

@@ -148,7 +148,8 @@ class Refresher:
         server: contexts first, then the whole catalog)."""
         self.source = source
         self.cache = source.cache
-        self.interval = max(0.0, float(interval))
+        # an --offline mount never polls (asked explicitly, it says why it cannot)
+        self.interval = 0.0 if offline else max(0.0, float(interval))
         self.offline = offline
         self.backoff_start = backoff_start
         settings = self.cache.settings
@@ -171,7 +172,7 @@ class Refresher:
         self._trigger = "poll"
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._next_due = self._after(self.interval)
+        self._next_due = self._after(self.interval if self.interval > 0 else math.inf)
         self.last: RefreshReport | None = None
         self.last_change: RefreshReport | None = None
         self.checks = self.failures = self.changes = self.consecutive_failures = 0
