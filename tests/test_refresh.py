@@ -321,3 +321,23 @@ def test_refresh_zero_never_polls(server: Any, root: Path, tmp_path: Path) -> No
         assert report is not None and report.trigger == "command"
         assert refresher.checks == 1
         source.close()
+
+
+def test_a_stalled_check_never_blocks_readers(server: Any, root: Path, mounter: Any) -> None:
+    with FaultProxy(server.url) as proxy:
+        mount = mounter(proxy.url, "--refresh", "0")
+        refs = mount.path("references", OBS)
+        content = (refs / "hst_acs_bpixtab_9301.fits").read_bytes()  # cached now
+        deliver(root)
+        posts = proxy.count("POST", "/json/")
+        proxy.set_fault("slow", path_contains="/json/", delay=8)
+        assert mount.pid is not None
+        os.kill(mount.pid, signal.SIGHUP)
+        assert wait_until(lambda: proxy.count("POST", "/json/") > posts, 20)
+        # the check waits for the server; cached files, listings and stats do not
+        assert (refs / "hst_acs_bpixtab_9301.fits").read_bytes() == content
+        assert NEW_REF not in os.listdir(refs)
+        assert refresh_stats(mount)["checks"] == 0
+        proxy.clear_fault()
+        assert wait_until(lambda: NEW_REF in os.listdir(refs), 60), mount.log()
+        assert refresh_stats(mount)["checks"] == 1
