@@ -85,7 +85,9 @@ LOG_FORMAT = "%(asctime)s crds-fs[%(process)d] %(levelname)s %(name)s: %(message
                    "[default: auto].")
 @click.option("--poll", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
               help="How often bestrefs/ checks the server's operational context when the "
-                   "mount follows it (no --context, or --context operational) [default: 60].")
+                   "mount follows it (no --context, or --context operational); given, it "
+                   "shortens --refresh (one poller moves catalog and bestrefs/ together) "
+                   "[default: 60, only with --refresh 0].")
 @click.option("--refresh", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="How often the daemon checks the server for new files, a new operational "
                    "context or bad files (0 = never; `crds-fs refresh` and SIGHUP check at "
@@ -114,7 +116,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
     _configure_bestrefs(datasets, engine, poll)
     if foreground or status_fd is not None:
         run_foreground(settings, mountpoint, offline=offline, log_file=log_file,
-                       fuse_opts=fuse_opts, status_fd=status_fd, refresh=refresh,
+                       fuse_opts=fuse_opts, status_fd=status_fd, refresh=refresh, poll=poll,
                        verbose=ctx.find_root().params.get("verbose", 0))
         return
     check_mountpoint(mountpoint)
@@ -325,13 +327,14 @@ def configure_logging(log_file: Path | None, verbose: int) -> None:
 
 def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
                    log_file: Path | None, fuse_opts: tuple[str, ...], status_fd: int | None,
-                   verbose: int, refresh: float | None = None) -> None:
+                   verbose: int, refresh: float | None = None,
+                   poll: float | None = None) -> None:
     """Open the cache, build the namespace, mount and serve until unmounted or signalled."""
     status = _StatusPipe(status_fd)
     configure_logging(log_file, verbose)
     try:
         check_mountpoint(mountpoint)
-        cache, operations = _prepare(settings, mountpoint, offline, status, refresh)
+        cache, operations = _prepare(settings, mountpoint, offline, status, refresh, poll)
     except CrdsFsError as exc:
         log.error("%s", exc)
         status.send(f"error: {exc}")
@@ -361,17 +364,18 @@ def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
 
 
 def _prepare(settings: Settings, mountpoint: Path, offline: bool,
-             status: _StatusPipe, refresh: float | None = None) -> tuple[Any, Any]:
+             status: _StatusPipe, refresh: float | None = None,
+             poll: float | None = None) -> tuple[Any, Any]:
     from ..cache import FileCache
     from ..fuse import CrdsOperations
     from ..namespace import MountSource
-    from ..namespace.refresh import Refresher, attach, refresh_interval
+    from ..namespace.refresh import Refresher, attach, mount_interval
 
     started = time.perf_counter()
     cache = FileCache.open(settings, observatory=settings.observatory, offline=offline)
     try:
         source = MountSource(cache, context=settings.context, mountpoint=str(mountpoint))
-        refresher = attach(source, Refresher(source, interval=refresh_interval(refresh),
+        refresher = attach(source, Refresher(source, interval=mount_interval(refresh, poll),
                                              offline=offline))
     except BaseException:
         cache.close()

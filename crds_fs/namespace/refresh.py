@@ -82,6 +82,21 @@ def refresh_interval(option: float | None = None) -> float:
     return value
 
 
+def mount_interval(refresh: float | None, poll: float | None = None) -> float:
+    """The interval of a mount's refresher: `refresh_interval(refresh)`, shortened by an
+    explicit bestrefs/ `--poll` (or $CRDS_FS_BESTREFS_POLL): one poller now serves both,
+    moving bestrefs/ together with the catalog.  With 0 (never) the poll stays bestrefs/'s."""
+    interval = refresh_interval(refresh)
+    if poll is None and os.environ.get("CRDS_FS_BESTREFS_POLL", "").strip():
+        try:
+            poll = float(os.environ["CRDS_FS_BESTREFS_POLL"])
+        except ValueError:
+            raise ConfigError("CRDS_FS_BESTREFS_POLL must be a number of seconds") from None
+    if poll is not None and interval > 0 and math.isfinite(poll):
+        interval = min(interval, max(0.1, poll))
+    return interval
+
+
 @dataclass
 class RefreshReport:
     """What one check found (JSON in `.crds-fs/refresh` and `.crds-fs/stats`)."""
