@@ -341,3 +341,22 @@ def test_a_stalled_check_never_blocks_readers(server: Any, root: Path, mounter: 
         proxy.clear_fault()
         assert wait_until(lambda: NEW_REF in os.listdir(refs), 60), mount.log()
         assert refresh_stats(mount)["checks"] == 1
+
+
+def test_interval_from_options_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crds_fs.errors import ConfigError
+    from crds_fs.namespace.refresh import mount_interval, refresh_interval
+
+    monkeypatch.delenv("CRDS_FS_REFRESH", raising=False)
+    monkeypatch.delenv("CRDS_FS_BESTREFS_POLL", raising=False)
+    assert refresh_interval(None) == 600
+    monkeypatch.setenv("CRDS_FS_REFRESH", "30")
+    assert refresh_interval(None) == 30 and refresh_interval(5) == 5
+    assert mount_interval(None, 0.2) == 0.2  # bestrefs/ --poll shortens it
+    assert mount_interval(0, 0.2) == 0  # never polls: bestrefs/ keeps its own poll
+    monkeypatch.setenv("CRDS_FS_BESTREFS_POLL", "7")
+    assert mount_interval(None) == 7
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("CRDS_FS_REFRESH", bad)
+        with pytest.raises(ConfigError, match="CRDS_FS_REFRESH"):
+            refresh_interval(None)
