@@ -288,8 +288,12 @@ class BestrefsView:
             self.set_context(context)
         return self._context
 
+    #: set by the mount's refresher (crds_fs.namespace.refresh), which moves the context
+    #: together with the catalog: this view's own poll then stops
+    driven = False
+
     def _poll_loop(self) -> None:
-        while not self._stop.wait(max(0.2, self.options.poll)):
+        while not self._stop.wait(max(0.2, self.options.poll)) and not self.driven:
             try:
                 self.check_context()
             except CrdsFsError as exc:

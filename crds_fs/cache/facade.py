@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..client.catalog import Catalog, load_catalog
+from ..client.catalog import Catalog, load_catalog, store_catalog
 from ..client.rpc import CrdsClient
 from ..config import Settings, parse_min_free
 from ..errors import (
@@ -221,6 +221,25 @@ class FileCache:
                 "names no operational_context; set CRDS_CONTEXT"
             )
         return str(context)
+
+    def replace_catalog(self, catalog: Catalog, *, stored: Catalog | None = None) -> None:
+        """Swap in a newer catalog (the mount's refresher); readers never wait for it.
+
+        Plain attribute assignments: a call sees the old or the new catalog, never a mix.
+        *stored* (default *catalog*) is what the index keeps for the next start (the
+        server's own list, without the retained names); config/<obs>/ is rewritten.
+        """
+        if catalog.observatory != self.observatory:
+            raise ConfigError(f"cannot replace the {self.observatory} catalog with one of "
+                              f"{catalog.observatory}")
+        self.catalog = catalog
+        self.fetcher.catalog = catalog
+        try:
+            store_catalog(self.index.db, stored or catalog)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("could not store the refreshed catalog in the cache index %s: %s "
+                        "(the next start downloads it again)", self.index.directory, exc)
+        self.store.write_config(catalog.server_info)
 
     # --- files ----------------------------------------------------------------------------
 

@@ -111,7 +111,7 @@ def _common_options(command: click.Command) -> None:
 
 def _register() -> None:
     # Imported for their side effect of adding commands to `cli`.
-    from . import bestrefs, cache, demo, mount, serve, sync  # noqa: F401
+    from . import bestrefs, cache, demo, mount, refresh, serve, sync  # noqa: F401
 
     for command in cli.commands.values():
         _common_options(command)

@@ -100,7 +100,13 @@ OUR_FUSE_OPTS = frozenset({"nonempty"})
                    "[default: auto].")
 @click.option("--poll", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
               help="How often bestrefs/ checks the server's operational context when the "
-                   "mount follows it (no --context, or --context operational) [default: 60].")
+                   "mount follows it (no --context, or --context operational); given, it "
+                   "shortens --refresh (one poller moves catalog and bestrefs/ together) "
+                   "[default: 60, only with --refresh 0].")
+@click.option("--refresh", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="How often the daemon checks the server for new files, a new operational "
+                   "context or bad files (0 = never; `crds-fs refresh` and SIGHUP check at "
+                   "once) [default: $CRDS_FS_REFRESH or 600].")
 @click.option("--status-fd", type=int, default=None, hidden=True)
 @click.pass_context
 def mount_command(ctx: click.Context, mountpoint: Path, server_url: tuple[str, ...],
@@ -110,7 +116,8 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: tuple[str, .
                   read_timeout: float | None, retries: int | None,
                   cache_max_size: str | None, ready_timeout: float,
                   fuse_opts: tuple[str, ...], nonempty: bool, datasets: Path | None,
-                  engine: str | None, poll: float | None, status_fd: int | None) -> None:
+                  engine: str | None, poll: float | None, refresh: float | None,
+                  status_fd: int | None) -> None:
     """Mount CRDS at MOUNTPOINT: mappings/, references/, config/ as a CRDS cache.
 
     Files are listed from the server catalog and downloaded (verified) on first open;
@@ -130,7 +137,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: tuple[str, .
     if foreground or status_fd is not None:
         run_foreground(settings, mountpoint, offline=offline, log_file=log_file,
                        fuse_opts=fuse_opts, status_fd=status_fd, verbose=verbosity(ctx),
-                       nonempty=nonempty)
+                       nonempty=nonempty, refresh=refresh, poll=poll)
         return
     check_mountpoint(mountpoint, nonempty=nonempty)
     log_path = Path(os.path.abspath(log_file or Path(settings.cache_dir) / "logs" / "mount.log"))
@@ -356,13 +363,14 @@ def configure_logging(log_file: Path | None, verbose: int) -> None:
 
 def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
                    log_file: Path | None, fuse_opts: tuple[str, ...], status_fd: int | None,
-                   verbose: int, nonempty: bool = False) -> None:
+                   verbose: int, nonempty: bool = False, refresh: float | None = None,
+                   poll: float | None = None) -> None:
     """Open the cache, build the namespace, mount and serve until unmounted or signalled."""
     status = _StatusPipe(status_fd)
     configure_logging(log_file, verbose)
     try:
         check_mountpoint(mountpoint, nonempty=nonempty)
-        cache, operations = _prepare(settings, mountpoint, offline, status)
+        cache, operations = _prepare(settings, mountpoint, offline, status, refresh, poll)
     except CrdsFsError as exc:
         log.error("%s", exc)
         status.send(f"error: {exc}")
@@ -372,7 +380,10 @@ def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
         status.send(f"error: {type(exc).__name__}: {exc}")
         raise
     from ..fuse import fuse_options, run_fuse
+    from ..namespace.refresh import watch_sighup
 
+    refresher = operations.source.refresher
+    unwatch = watch_sighup(refresher) if refresher is not None else None
     try:
         extra = {k: v for k, v in _parse_fuse_opts(fuse_opts).items() if k not in OUR_FUSE_OPTS}
         options = fuse_options(extra=extra)
@@ -384,20 +395,28 @@ def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
         raise
     finally:
         status.send("error: the FUSE loop ended before the mount was ready")
+        if refresher is not None:
+            refresher.stop()
+        if unwatch is not None:
+            unwatch()
         cache.close()
     log.info("unmounted %s; daemon exiting", mountpoint)
 
 
 def _prepare(settings: Settings, mountpoint: Path, offline: bool,
-             status: _StatusPipe) -> tuple[Any, Any]:
+             status: _StatusPipe, refresh: float | None = None,
+             poll: float | None = None) -> tuple[Any, Any]:
     from ..cache import FileCache
     from ..fuse import CrdsOperations
     from ..namespace import MountSource
+    from ..namespace.refresh import Refresher, attach, mount_interval
 
     started = time.perf_counter()
     cache = FileCache.open(settings, observatory=settings.observatory, offline=offline)
     try:
         source = MountSource(cache, context=settings.context, mountpoint=str(mountpoint))
+        refresher = attach(source, Refresher(source, interval=mount_interval(refresh, poll),
+                                             offline=offline))
     except BaseException:
         cache.close()
         raise
@@ -409,7 +428,10 @@ def _prepare(settings: Settings, mountpoint: Path, offline: bool,
              settings.cache_dir, state, time.perf_counter() - started)
 
     def ready() -> None:
-        log.info("mounted %s (pid %d)", mountpoint, os.getpid())
+        log.info("mounted %s (pid %d); checking the server for changes %s", mountpoint,
+                 os.getpid(), f"every {refresher.interval:g}s" if refresher.interval
+                 else "only when asked (crds-fs refresh, SIGHUP)")
+        refresher.start()
         status.send("ready")
 
     # The catalog and everything loaded so far live as long as the mount: keep them out of

@@ -17,7 +17,13 @@ from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import Any, NamedTuple
 
-from ..errors import ConfigError, OfflineError, ProtocolError, ServerUnreachableError
+from ..errors import (
+    ConfigError,
+    OfflineError,
+    ProtocolError,
+    ServerUnreachableError,
+    ServiceError,
+)
 from .names import FileKind, file_kind
 from .rpc import CrdsClient, decode_download_metadata
 
@@ -25,6 +31,12 @@ log = logging.getLogger(__name__)
 
 #: Bump when the stored layout changes; older stored catalogs are then ignored.
 _FORMAT = 1
+#: Server info fields that describe the catalog (a change in any is a change of the
+#: catalog); the others (last_synced, last_refreshed, URLs, versions) are bookkeeping.
+CATALOG_FIELDS = ("operational_context", "edit_context", "versions_context", "build_context",
+                  "bad_files_list", "context_history")
+#: crds-fs serve's cheap change check (docs/protocol.md); real CRDS servers do not know it
+DIGEST_METHOD = "get_catalog_digest"
 
 
 def index_key(observatory: str) -> str:
@@ -52,6 +64,7 @@ class Catalog:
         server_url: str = "",
         fetched_at: float = 0.0,
         source: str = "server",
+        retained: frozenset[str] = frozenset(),
     ) -> None:
         self.observatory = observatory
         self._files = dict(files)
@@ -62,6 +75,9 @@ class Catalog:
         self.fetched_at = fetched_at
         #: "server" when fetched in this process, "index" when read back from the index
         self.source = source
+        #: names kept although the server no longer lists them (cached copies; see
+        #: `with_retained`)
+        self.retained = retained
 
     def __contains__(self, name: object) -> bool:
         return name in self._files
@@ -110,6 +126,38 @@ class Catalog:
         """Names the server marks scientifically invalid (bad_files_list)."""
         return frozenset(self.server_info.get("bad_files_list") or ())
 
+    # --- comparing (the mount's refresher) -------------------------------------------------
+
+    def same_content(self, other: Catalog) -> bool:
+        """True when *other* lists the same files (size, sha1) and the same catalog facts
+        (`CATALOG_FIELDS`): reloading it would change nothing a reader can see."""
+        return self._files == other._files and all(
+            self.server_info.get(field) == other.server_info.get(field)
+            for field in CATALOG_FIELDS)
+
+    def diff(self, newer: Catalog) -> CatalogDiff:
+        """What changed from this catalog to *newer* (names sorted)."""
+        old, new = self._files, newer._files
+        return CatalogDiff(
+            added=sorted(new.keys() - old.keys()),
+            removed=sorted(old.keys() - new.keys()),
+            changed=sorted(n for n in old.keys() & new.keys() if old[n] != new[n]),
+            context_before=self.operational_context,
+            context_after=newer.operational_context,
+            bad_files_changed=self.bad_files != newer.bad_files,
+        )
+
+    def with_retained(self, older: Catalog, names: set[str] | frozenset[str]) -> Catalog:
+        """This catalog plus the entries of *names* taken from *older*: files the server
+        dropped whose cached copies stay readable (and listed) until evicted."""
+        keep = {n: older._files[n] for n in names if n in older._files and n not in self}
+        if not keep:
+            return self
+        merged = Catalog(self.observatory, {**self._files, **keep}, self.server_info,
+                         server_url=self.server_url, fetched_at=self.fetched_at,
+                         source=self.source, retained=frozenset(keep))
+        return merged
+
     # --- persistence ----------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
@@ -130,6 +178,43 @@ class Catalog:
             server_url=state.get("server_url", ""), fetched_at=state.get("fetched_at", 0.0),
             source="index",
         )
+
+
+class CatalogDiff(NamedTuple):
+    """Differences between two catalogs of one observatory."""
+
+    added: list[str]
+    removed: list[str]
+    #: same name, other size or sha1 (CRDS files are immutable; a mirror may still do it)
+    changed: list[str]
+    context_before: str | None
+    context_after: str | None
+    bad_files_changed: bool
+
+
+def store_catalog(index: Any, catalog: Catalog) -> None:
+    """Keep *catalog* in *index* (a diskcache.Cache) for the next start and offline use."""
+    index.set(index_key(catalog.observatory), catalog.to_state())
+
+
+def catalog_digest(client: CrdsClient, observatory: str) -> dict[str, Any] | None:
+    """The server's digest of its catalog (`get_catalog_digest`, a crds-fs serve extension),
+    or None when the server does not offer it (real CRDS servers answer with an error).
+
+    A few hundred bytes instead of the whole catalog: the mount's refresher asks it first
+    and downloads the catalog only when the digest moved.
+    """
+    try:
+        answer = client.call(DIGEST_METHOD, observatory)
+    except ServiceError as exc:
+        log.debug("server %s has no %s (%s); comparing catalogs instead",
+                  client.server_url, DIGEST_METHOD, exc)
+        return None
+    if not isinstance(answer, dict) or not isinstance(answer.get("digest"), str):
+        raise ProtocolError(
+            f"CRDS server {client.server_url} answered {DIGEST_METHOD} with "
+            f"{str(answer)[:200]!r}, expected an object with a 'digest' string")
+    return answer
 
 
 def parse_file_records(records: Mapping[str, Any]) -> dict[str, tuple[int, str]]:
@@ -218,7 +303,7 @@ def load_catalog(
             log.warning("%s; using the catalog stored at %s (%d files)",
                         exc, time.ctime(stored.fetched_at), len(stored))
             return stored
-        index.set(index_key(observatory), catalog.to_state())
+        store_catalog(index, catalog)
         return catalog
     stored = stored_catalog(index, observatory)
     if stored is None:

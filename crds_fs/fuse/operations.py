@@ -50,6 +50,18 @@ FUSE_CAP_PARALLEL_DIROPS = 1 << 18
 #: largest read request the kernel sends (see fuse_options)
 MAX_READ = 512 * 1024
 
+def _libfuse3_function(name: str) -> Any:
+    """Function *name* of the libfuse3 mapped into this process (the one mfusepy loaded),
+    or None."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            path = next((line[line.index("/"):].strip() for line in maps
+                         if "libfuse3" in line and "/" in line), None)
+        return getattr(ctypes.CDLL(path), name) if path else None
+    except (OSError, AttributeError):
+        return None
+
+
 def _load_fuse_interrupted() -> Callable[[], bool] | None:
     """libfuse3's `fuse_interrupted()` from the very library mfusepy loaded, or None.
 
@@ -83,6 +95,17 @@ def _load_fuse_interrupted() -> Callable[[], bool] | None:
 
 #: None where libfuse3 has no fuse_interrupted (then opens wait for their deadline)
 fuse_interrupted = _load_fuse_interrupted()
+
+#: libfuse's fuse_get_context() (its first field is the `struct fuse *`) and
+#: fuse_invalidate_path(fuse, path) (libfuse >= 3.1): how a refreshed catalog reaches the
+#: kernel's attribute and page caches
+_fuse_get_context = _libfuse3_function("fuse_get_context")
+_fuse_invalidate_path = _libfuse3_function("fuse_invalidate_path")
+if _fuse_get_context is not None and _fuse_invalidate_path is not None:
+    _fuse_get_context.restype = ctypes.POINTER(ctypes.c_void_p)
+    _fuse_get_context.argtypes = []
+    _fuse_invalidate_path.restype = ctypes.c_int
+    _fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.malloc.restype = ctypes.c_void_p
@@ -163,6 +186,8 @@ class CrdsOperations(mfusepy.Operations):
         self.max_read = 0
         #: set once the kernel has talked to us: the mount was up
         self.initialized = False
+        #: libfuse's `struct fuse *` while mounted (for invalidate)
+        self._fuse: int | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -182,6 +207,9 @@ class CrdsOperations(mfusepy.Operations):
                      "max_read %d, max_readahead %d", conn.proto_major, conn.proto_minor,
                      conn.capable, conn.want, conn.max_write, conn.max_read, conn.max_readahead)
         self.initialized = True
+        if _fuse_get_context is not None and _fuse_invalidate_path is not None:
+            self._fuse = _fuse_get_context()[0]  # valid in init: libfuse set the context
+            self.source.invalidate = self.invalidate
         if fuse_interrupted is not None:
             # only now: before fuse_new() libfuse's per-thread context key does not exist
             # and fuse_interrupted() would crash; after it, other threads just get 0
@@ -193,7 +221,18 @@ class CrdsOperations(mfusepy.Operations):
         if self.on_init is not None:
             self.on_init()
 
+    def invalidate(self, paths: Any) -> int:
+        """Make the kernel forget cached attributes and pages of *paths* (files a refresh
+        removed or changed); paths it never looked up are skipped.  Returns how many it
+        knew.  Never call it from a FUSE request about the same file (libfuse's rule)."""
+        fuse, known = self._fuse, 0
+        for path in paths:
+            if fuse is not None and _fuse_invalidate_path(fuse, path.encode()) == 0:
+                known += 1
+        return known
+
     def destroy(self, path: str) -> None:
+        self._fuse = None
         self.source.close()
         if self.on_destroy is not None:
             self.on_destroy()

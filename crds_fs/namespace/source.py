@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +27,11 @@ from ..errors import (
     ReadOnlyError,
 )
 from .base import Attrs, Handle, MountEnv, Parts, Provider, missing_xattr
-from .registry import build_providers
+from .registry import build_providers, provider_factories
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..cache import FileCache
+    from .refresh import Refresher
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,13 @@ class MountSource:
         self.cache = cache
         self.started = time.time()
         self.context = resolve_context(cache, context)
+        #: the mount follows the server's operational context (moved on refresh)
+        self.follow = context in (None, "", "operational", "latest")
+        #: the mount's Refresher (crds_fs.namespace.refresh.attach), if any
+        self.refresher: Refresher | None = None
+        #: drops the kernel's cached attributes/pages of paths; returns how many it knew
+        #: (the FUSE glue installs it once mounted)
+        self.invalidate: Callable[[Iterable[str]], int] = lambda paths: 0
         self.env = MountEnv(
             cache=cache,
             observatory=cache.observatory,
@@ -120,6 +128,24 @@ class MountSource:
         if provider is None:
             raise NoSuchPathError(f"{path}: no such file or directory")
         return provider, parts[1:]
+
+    def catalog_replaced(self, context: str) -> None:
+        """After the cache's catalog was swapped (the refresher): move to *context*, new
+        times, config/<obs>/ regenerated, bestrefs/ on the same context."""
+        env = self.env
+        env.epoch_ns = catalog_epoch_ns(self.cache.server_info)
+        env.context = self.context = context
+        self._total_size = None
+        factory = provider_factories().get("config")
+        if "config" in self.providers and factory is not None:
+            fresh = factory(env)
+            if fresh is not None:
+                fresh.name = "config"
+                self.providers["config"] = fresh
+        for provider in list(self.providers.values()):
+            view = getattr(provider, "view", None)
+            if self.follow and view is not None and hasattr(view, "set_context"):
+                view.set_context(context)
 
     def root_attrs(self) -> Attrs:
         return self.env.dir_attrs(len(self.providers))
@@ -319,13 +345,18 @@ class MountSource:
                 "catalog_files": len(catalog),
                 "mappings": len(catalog.mappings()),
                 "references": len(catalog.references()),
+                "follows_operational": self.follow,
             },
             "io": io,
             "cache": cache_stats,
+            "refresh": (self.refresher.status() if self.refresher is not None
+                        else {"interval_s": 0, "checks": 0, "last": None}),
         }
 
     def close(self) -> None:
-        """Release every open handle (at unmount)."""
+        """Release every open handle and stop refreshing (at unmount)."""
+        if self.refresher is not None:
+            self.refresher.stop()
         for fh in list(self._handles):
             self.release("", fh)
 

@@ -14,8 +14,10 @@ envelopes.  Other modules own some answers:
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib
 import inspect
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -262,6 +264,37 @@ def get_server_info(env: Env) -> dict[str, Any]:
         "crds_version": {"str": __version__, "rev": "crds-fs serve", "svnurl": "/"},
         "last_synced": facts.last_synced,
     }
+
+
+@rpc("get_catalog_digest")
+def get_catalog_digest(env: Env, observatory: str | None = None) -> dict[str, Any]:
+    """crds-fs extension: one sha1 over what get_server_info says about the catalog.
+
+    Covers download_metadata (every served file's size and sha1), the contexts, bad files
+    and history, so a mount polls for changes with a few hundred bytes instead of the
+    whole catalog (2 MB for HST).  Real CRDS servers do not have it; clients fall back.
+    """
+    obs = env.observatory if observatory is None else check_observatory(env, observatory)
+    facts = obs_facts(env.store, obs)
+    metadata = download_metadata(env.store, obs)
+    with _metadata_lock:
+        memo = _digest_cache.get(id(metadata))
+        if memo is None or memo[0] is not metadata:
+            memo = (metadata, hashlib.sha1(json.dumps(metadata, sort_keys=True).encode())
+                    .hexdigest())
+            _digest_cache.clear()  # one entry per live metadata blob is plenty
+            _digest_cache[id(metadata)] = memo
+    facts_text = json.dumps([facts.operational_context, facts.edit_context,
+                             facts.versions_context, facts.build_context,
+                             sorted(facts.bad_files), facts.context_history], default=str)
+    digest = hashlib.sha1(f"{memo[1]}\n{facts_text}".encode()).hexdigest()
+    return {"observatory": obs, "digest": digest,
+            "operational_context": facts.operational_context,
+            "edit_context": facts.edit_context,
+            "files": len(env.store.files(obs, "mapping")) + len(env.store.files(obs, "reference"))}
+
+
+_digest_cache: dict[int, tuple[dict[str, str], str]] = {}
 
 
 @rpc("get_default_context")
