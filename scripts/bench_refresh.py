@@ -13,7 +13,7 @@ catalog has a realistic size) with `crds-fs serve` on 127.0.0.1, then measures:
    Bytes are request + response bodies and headers as the client saw them.
 
 Usage: PYTHONPATH=. python scripts/bench_refresh.py [--files 44000] [--rounds 5]
-Prints a Markdown table (docs/refresh-benchmark.md).
+Prints a Markdown table (docs/refresh-benchmark.md; summarised in docs/performance.md).
 """
 
 from __future__ import annotations
