@@ -113,6 +113,14 @@ class Settings:
     cache_min_free: str = "5%"
     #: longest an open() through the mount waits for a download, in seconds; 0 = no limit
     open_deadline: float = 60.0
+    #: files at least this big are downloaded in `streams` parallel byte ranges
+    range_threshold: int = 64 << 20
+    #: concurrent ranges of one big download (1 = a single stream)
+    streams: int = 4
+    #: read uncached files chunk by chunk (verified each) when the server has manifests
+    partial_reads: bool = True
+    #: fetch the missing chunks of a partly read file in the background
+    complete_partial: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -138,6 +146,10 @@ class Settings:
                                       _env_size("CRDS_FS_CACHE_MAX_BYTES", 0)),
             cache_min_free=os.environ.get("CRDS_FS_CACHE_MIN_FREE", "").strip() or "5%",
             open_deadline=_env_float("CRDS_FS_OPEN_DEADLINE", 60.0),
+            range_threshold=_env_size("CRDS_FS_RANGE_THRESHOLD", 64 << 20),
+            streams=max(1, min(32, int(_env_float("CRDS_FS_STREAMS", 4)))),
+            partial_reads=_env_bool("CRDS_FS_PARTIAL_READS", True),
+            complete_partial=_env_bool("CRDS_FS_COMPLETE_PARTIAL"),
         )
         parse_min_free(settings.cache_min_free, 0)  # fail early on a malformed value
         clean = {k: v for k, v in overrides.items() if v is not None}

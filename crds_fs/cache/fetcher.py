@@ -63,6 +63,7 @@ from ..errors import (
     VerificationError,
 )
 from ..hashing import sha1_file
+from . import ranges
 from .index import CacheIndex
 from .store import FileStore, NameLock, file_stamp
 
@@ -512,8 +513,14 @@ class Fetcher:
         breaks off (reset, truncation, read timeout) is resumed from the bytes already
         written with a Range request, or restarted when the server ignores ranges, up to
         `settings.retries` times.  The socket is read in this thread while a `_Sink` writes
-        and hashes the previous chunks.
+        and hashes the previous chunks.  Big files go in parallel ranges (`ranges`) when
+        the server serves ranges.
         """
+        if ranges.wanted(download.size, self.settings.range_threshold, self.settings.streams):
+            digest = ranges.parallel_transfer(self, download, fd, url)
+            if digest is not None:
+                return digest
+            os.ftruncate(fd, 0)
         sink = _Sink(fd, download, self.store, self._count,
                      threaded=download.size > _THREAD_MIN_SIZE)
         try:

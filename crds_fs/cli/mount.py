@@ -86,6 +86,13 @@ LOG_FORMAT = "%(asctime)s crds-fs[%(process)d] %(levelname)s %(name)s: %(message
 @click.option("--poll", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
               help="How often bestrefs/ checks the server's operational context when the "
                    "mount follows it (no --context, or --context operational) [default: 60].")
+@click.option("--streams", type=click.IntRange(1, 32), default=None,
+              help="Parallel byte ranges per download of a big file (CRDS_FS_RANGE_THRESHOLD, "
+                   "default 64M) [default: CRDS_FS_STREAMS or 4].")
+@click.option("--complete-partial", is_flag=True, default=None,
+              help="Fetch the rest of a big file read in chunks in the background (it then "
+                   "becomes a cached file); default: CRDS_FS_COMPLETE_PARTIAL, else only the "
+                   "chunks read are fetched.")
 @click.option("--status-fd", type=int, default=None, hidden=True)
 @click.pass_context
 def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
@@ -94,7 +101,8 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
                   read_timeout: float | None, retries: int | None,
                   cache_max_size: str | None, ready_timeout: float,
                   fuse_opts: tuple[str, ...], datasets: Path | None, engine: str | None,
-                  poll: float | None, status_fd: int | None) -> None:
+                  poll: float | None, streams: int | None, complete_partial: bool | None,
+                  status_fd: int | None) -> None:
     """Mount CRDS at MOUNTPOINT: mappings/, references/, config/ as a CRDS cache.
 
     Files are listed from the server catalog and downloaded (verified) on first open;
@@ -103,6 +111,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: str | None,
     settings = Settings.from_env(server_url=server_url, cache_dir=cache_dir,
                                  observatory=observatory, context=context,
                                  read_timeout=read_timeout, retries=retries,
+                                 streams=streams, complete_partial=complete_partial or None,
                                  cache_max_bytes=(parse_size(cache_max_size,
                                                              what="--cache-max-size")
                                                   if cache_max_size else None))
