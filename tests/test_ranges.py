@@ -15,7 +15,9 @@ import pytest
 
 from tests.faultproxy import FaultProxy, _Handler, _QuietServer
 from tests.helpers import make_tiny_root
-from tests.mounting import mounter  # noqa: F401 - fixture
+from tests.mounting import Mounter, needs_fuse
+
+pytestmark = [pytest.mark.fuse, needs_fuse]
 
 BIG = "zzz00009j_drk.fits"
 BIG_SIZE = 40 * (1 << 20) + 12345  # not a multiple of anything: uneven last range
@@ -55,7 +57,7 @@ def whole_gets(server_log: str, name: str) -> list[str]:
 RANGE_ENV = {"CRDS_FS_RANGE_THRESHOLD": "8M", "CRDS_FS_PARTIAL_READS": "0"}
 
 
-def test_parallel_ranges_are_byte_identical_one_get_per_range(tmp_path, serve, mounter):
+def test_parallel_ranges_are_byte_identical_one_get_per_range(tmp_path, serve, mounter: Mounter):
     root, data = big_root(tmp_path)
     server = serve(root, "--index", str(tmp_path / "index"))
     mount = mounter(server.url, "--streams", "4", env=RANGE_ENV)
@@ -71,7 +73,7 @@ def test_parallel_ranges_are_byte_identical_one_get_per_range(tmp_path, serve, m
     assert "in 4 ranges" in mount.log()
 
 
-def test_one_stream_below_the_threshold_or_with_streams_1(tmp_path, serve, mounter):
+def test_one_stream_below_the_threshold_or_with_streams_1(tmp_path, serve, mounter: Mounter):
     root, data = big_root(tmp_path)
     server = serve(root, "--index", str(tmp_path / "index"))
     mount = mounter(server.url, "--streams", "1", env=RANGE_ENV)
@@ -80,7 +82,7 @@ def test_one_stream_below_the_threshold_or_with_streams_1(tmp_path, serve, mount
     assert ranged_gets(log, BIG) == [] and len(whole_gets(log, BIG)) == 1
 
 
-def test_a_range_reset_midway_resumes_from_the_last_byte(tmp_path, serve, mounter):
+def test_a_range_reset_midway_resumes_from_the_last_byte(tmp_path, serve, mounter: Mounter):
     root, data = big_root(tmp_path)
     server = serve(root, "--index", str(tmp_path / "index"))
     with FaultProxy(server.url) as proxy:
@@ -118,7 +120,7 @@ class NoRangeProxy(FaultProxy):
         return self
 
 
-def test_a_server_without_range_support_gets_one_stream(tmp_path, serve, mounter):
+def test_a_server_without_range_support_gets_one_stream(tmp_path, serve, mounter: Mounter):
     root, data = big_root(tmp_path)
     server = serve(root, "--index", str(tmp_path / "index"))
     with NoRangeProxy(server.url) as proxy:

@@ -268,7 +268,8 @@ class PartialFile:
         self._flight: set[int] = set()
         self._errors: dict[int, BaseException] = {}
         self._checked: set[int] = set()  # present chunks verified by this process
-        self._last_read = -2
+        self._last_read = -5
+        self._run = 0
         self._committing = False
         self._pool: ThreadPoolExecutor | None = None
         fd = os.open(self.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -460,11 +461,19 @@ class PartialFile:
     # --- prefetch and completion -----------------------------------------------------------
 
     def _read_ahead(self, first: int, last: int) -> None:
-        """Sequential reader: fetch the next `streams` chunks in parallel, ahead of it."""
-        sequential = self._last_read in (first, first - 1)
-        self._last_read = last
+        """Sequential reader: fetch the next `streams` chunks in parallel, ahead of it.
+
+        Only once a reader has moved on through two chunk boundaries in a row: reads
+        within one chunk (a FITS header) or one readahead window of the kernel that
+        crosses into the next chunk never fetch more than they touch.
+        """
+        previous, self._last_read = self._last_read, last
+        if first == previous + 1 or (first == previous and last > first):
+            self._run += last - previous
+        elif first != previous:
+            self._run = 0
         streams = self.cache.settings.streams
-        if not sequential or streams < 2:
+        if self._run < 2 or streams < 2:
             return
         for index in range(last + 1, min(last + 1 + streams, self.manifest.total)):
             self._prefetch(index)
