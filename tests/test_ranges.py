@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from crds_fs.cache.ranges import plan
 from tests.faultproxy import FaultProxy, _Handler, _QuietServer
 from tests.helpers import make_tiny_root
 from tests.mounting import Mounter, needs_fuse
@@ -67,10 +68,12 @@ def test_parallel_ranges_are_byte_identical_one_get_per_range(tmp_path, serve, m
     cached = Path(mount.cache_dir) / "references" / "hst" / BIG
     assert hashlib.sha1(cached.read_bytes()).hexdigest() == hashlib.sha1(data).hexdigest()
     log = server.log()
-    assert len(ranged_gets(log, BIG)) == 4, log
+    pieces = plan(len(data), 4)
+    assert len(pieces) == 11  # 40 MiB + 12345: 4 MiB pieces, taken in order by 4 streams
+    assert len(ranged_gets(log, BIG)) == len(pieces), log
     assert whole_gets(log, BIG) == []
     assert mount.stats()["cache"]["bytes_downloaded"] == len(data)
-    assert "in 4 ranges" in mount.log()
+    assert f"in {len(pieces)} ranges over 4 streams" in mount.log()
 
 
 def test_one_stream_below_the_threshold_or_with_streams_1(tmp_path, serve, mounter: Mounter):
@@ -91,8 +94,8 @@ def test_a_range_reset_midway_resumes_from_the_last_byte(tmp_path, serve, mounte
         proxy.set_fault("reset", path_contains=BIG, times=1)
         path = mount.path("references", "hst", BIG)
         assert path.read_bytes() == data
-        # 4 ranges + 1 resume of the range that was cut; never a restart of the whole file
-        assert proxy.count("GET", BIG) == 5
+        # one GET per range + 1 resume of the range that was cut; never a restart
+        assert proxy.count("GET", BIG) == len(plan(len(data), 4)) + 1
     log = mount.log()
     assert re.search(r"range \d+-\d+ broke off at byte \d+", log), log
     assert mount.stats()["cache"]["bytes_downloaded"] < len(data) * 1.2
@@ -139,6 +142,16 @@ def test_split_covers_the_file_exactly(size, streams, count):
     from crds_fs.cache.ranges import split
 
     spans = split(size, streams)
+    assert_cover(spans, size, count)
+
+
+@pytest.mark.parametrize("size,streams,count", [(1 << 30, 4, 32), (40 << 20, 4, 10),
+                                                (5 << 30, 4, 160), (9 << 20, 2, 3)])
+def test_plan_pieces_cover_the_file_in_order(size, streams, count):
+    assert_cover(plan(size, streams), size, count)
+
+
+def assert_cover(spans, size, count):
     assert len(spans) == count
     assert spans[0][0] == 0 and spans[-1][1] == size
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))

@@ -67,6 +67,8 @@ MAP_SUFFIX = ".map"
 MIN_CHUNK = 64 << 10
 MAX_CHUNK = 256 << 20
 MAX_CHUNKS = 1 << 17
+#: a chunk a reader waits for is fetched in parts of at least this size (see ensure)
+MIN_PART = 2 << 20
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -172,7 +174,7 @@ class ChunkStore:
             return None
         with self._lock:
             partial = self._open.get(name)
-            if partial is not None and not partial.broken:
+            if partial is not None and not partial.broken and partial.fd >= 0:
                 partial.refs += 1
                 return partial
         manifest = self._manifest(name, info.size, info.sha1)
@@ -191,9 +193,9 @@ class ChunkStore:
             return None
         with self._lock:
             other = self._open.get(name)
-            if other is not None and not other.broken:  # lost a race: use the first one
-                other.refs += 1
-                partial.close_fd()
+            if other is not None and not other.broken and other.fd >= 0:
+                other.refs += 1  # lost a race: use the first one
+                partial.close_now()
                 return other
             self._open[name] = partial
         if settings.complete_partial:
@@ -201,13 +203,13 @@ class ChunkStore:
         return partial
 
     def release(self, partial: PartialFile) -> None:
+        """Drop one reference; the last one closes the file once its prefetches ended
+        (until then a new open of the name revives it: its flock is ours)."""
         with self._lock:
             partial.refs -= 1
             if partial.refs > 0:
                 return
-            if self._open.get(partial.name) is partial:
-                del self._open[partial.name]
-        partial.close_fd()
+        partial.close_when_idle()
 
     def _manifest(self, name: str, size: int, sha1: str) -> Manifest | None:
         """The manifest of *name*: from its map file, else from the server (None: none)."""
@@ -266,10 +268,9 @@ class PartialFile:
         self.broken = False
         self._lock = threading.Condition()
         self._flight: set[int] = set()
+        self._queued: set[int] = set()  # submitted to the prefetch pool, not yet done
         self._errors: dict[int, BaseException] = {}
         self._checked: set[int] = set()  # present chunks verified by this process
-        self._last_read = -5
-        self._run = 0
         self._committing = False
         self._pool: ThreadPoolExecutor | None = None
         fd = os.open(self.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -326,14 +327,19 @@ class PartialFile:
             cs = self.manifest.chunk_size
             first, last = offset // cs, (offset + count - 1) // cs
             for index in range(first, last + 1):
-                self.ensure(index, cancelled)
+                self.ensure(index, cancelled, foreground=True)
             self._read_ahead(first, last)
         if self.fd < 0:
             raise DownloadError(f"the partial file of '{self.name}' was closed")
         return os.preadv(self.fd, [buffer[:count]], offset)
 
-    def ensure(self, index: int, cancelled: Callable[[], bool] | None = None) -> None:
-        """Make chunk *index* present and verified here; raises (nothing kept) if it fails."""
+    def ensure(self, index: int, cancelled: Callable[[], bool] | None = None, *,
+               foreground: bool = False) -> None:
+        """Make chunk *index* present and verified here; raises (nothing kept) if it fails.
+
+        *foreground*: a reader waits for it, so it is fetched in `streams` parallel parts
+        (a header read over a WAN then costs one round trip plus chunk/streams of transfer).
+        """
         with self._lock:
             while True:
                 if self.complete or (index in self.present and index in self._checked):
@@ -355,7 +361,7 @@ class PartialFile:
             if index in self.present:
                 self._recheck(index)
             else:
-                self._fetch(index, cancelled)
+                self._fetch(index, cancelled, foreground)
         except BaseException as exc:
             error = exc
             raise
@@ -379,9 +385,10 @@ class PartialFile:
                     "it again", index, self.name, self.data)
         with self._lock:
             self.present.discard(index)
-        self._fetch(index, None)
+        self._fetch(index, None, False)
 
-    def _fetch(self, index: int, cancelled: Callable[[], bool] | None) -> None:
+    def _fetch(self, index: int, cancelled: Callable[[], bool] | None,
+               foreground: bool) -> None:
         """Ranged GET of one chunk, sha256 check, then pwrite + fdatasync + map update."""
         start, end = self.manifest.span(index)
         fetcher = self.cache.fetcher
@@ -398,14 +405,17 @@ class PartialFile:
         for attempt in range(settings.retries + 1):
             if attempt:
                 time.sleep(min(settings.backoff * 2 ** (attempt - 1), 5.0))
+            began = time.monotonic()
             try:
-                data = self._get(fetcher, url, start, end, cancelled)
+                data = self._get_parts(fetcher, url, start, end, cancelled, foreground)
             except OpenInterruptedError:
                 raise
             except (DownloadError, ServerUnreachableError) as exc:
                 reason = str(exc)
                 continue
             digest = hashlib.sha256(data).hexdigest()
+            log.debug("chunk %d of %s: %d bytes in %.3fs (%s)", index, self.name, len(data),
+                      time.monotonic() - began, threading.current_thread().name)
             if digest == self.manifest.chunks[index]:
                 self._store_chunk(index, data)
                 return
@@ -421,6 +431,35 @@ class PartialFile:
                    "kept, reads of it fail with EIO. Try again later")
         log.error("%s", message)
         raise error(message)
+
+    def _get_parts(self, fetcher: Any, url: str, start: int, end: int,
+                   cancelled: Callable[[], bool] | None, foreground: bool) -> bytes:
+        """Bytes [start, end): one ranged GET, or `streams` at once for a waiting reader."""
+        parts = max(1, min(self.cache.settings.streams, (end - start) // MIN_PART))
+        if not foreground or parts < 2:
+            return self._get(fetcher, url, start, end, cancelled)
+        step = -(-(end - start) // parts)
+        spans = [(a, min(a + step, end)) for a in range(start, end, step)]
+        results: list[bytes | BaseException] = [b""] * len(spans)
+
+        def one(i: int) -> None:
+            try:
+                results[i] = self._get(fetcher, url, *spans[i], cancelled)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                results[i] = exc
+
+        threads = [threading.Thread(target=one, args=(i,), daemon=True,
+                                    name=f"crds-fs-part{i} {self.name}")
+                   for i in range(1, len(spans))]
+        for thread in threads:
+            thread.start()
+        one(0)
+        for thread in threads:
+            thread.join()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return b"".join(results)  # type: ignore[arg-type]
 
     def _get(self, fetcher: Any, url: str, start: int, end: int,
              cancelled: Callable[[], bool] | None) -> bytes:
@@ -463,32 +502,35 @@ class PartialFile:
     def _read_ahead(self, first: int, last: int) -> None:
         """Sequential reader: fetch the next `streams` chunks in parallel, ahead of it.
 
-        Only once a reader has moved on through two chunk boundaries in a row: reads
-        within one chunk (a FITS header) or one readahead window of the kernel that
-        crosses into the next chunk never fetch more than they touch.
+        A reader is taken as sequential when the two chunks before the one it reads are
+        present: reads within one chunk (a FITS header), or one readahead window of the
+        kernel crossing into the next chunk, never fetch more than they touch.  (The
+        order of reads is no guide: the kernel sends readahead from several threads.)
         """
-        previous, self._last_read = self._last_read, last
-        if first == previous + 1 or (first == previous and last > first):
-            self._run += last - previous
-        elif first != previous:
-            self._run = 0
         streams = self.cache.settings.streams
-        if self._run < 2 or streams < 2:
+        if streams < 2 or last < 2:
             return
+        with self._lock:
+            if not {last - 1, last - 2} <= self.present:
+                return
         for index in range(last + 1, min(last + 1 + streams, self.manifest.total)):
             self._prefetch(index)
 
     def _prefetch(self, index: int) -> None:
         with self._lock:
             if (self.complete or self.broken or index in self.present
-                    or index in self._flight or self.fd < 0):
+                    or index in self._flight or index in self._queued or self.fd < 0):
                 return
+            self._queued.add(index)
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max(1, self.cache.settings.streams),
                                                 thread_name_prefix=f"crds-fs-chunks {self.name}")
             pool = self._pool
-        with contextlib.suppress(RuntimeError):  # pool shut down meanwhile
+        try:
             pool.submit(self._quiet_ensure, index)
+        except RuntimeError:  # pool shut down meanwhile
+            with self._lock:
+                self._queued.discard(index)
 
     def _quiet_ensure(self, index: int) -> None:
         try:
@@ -497,6 +539,9 @@ class PartialFile:
             log.debug("prefetch of chunk %d of %s failed: %s", index, self.name, exc)
         except OSError as exc:
             log.warning("prefetch of chunk %d of %s failed: %s", index, self.name, exc)
+        finally:
+            with self._lock:
+                self._queued.discard(index)
 
     def complete_in_background(self) -> None:
         """--complete-partial: fetch every missing chunk (streams at once), then commit."""
@@ -588,24 +633,39 @@ class PartialFile:
                 log.error("keeping the cache %s within its limits after storing %s failed: %s",
                           cache.store.root, name, exc)
 
-    def close_fd(self) -> None:
-        """Close the data file once no prefetch uses it any more (never blocks the caller:
-        running prefetches end within the client's timeouts, then a thread closes it)."""
+    def close_when_idle(self) -> None:
+        """Close the data file once no prefetch uses it any more, unless it was opened
+        again meanwhile.  Never blocks the caller: running prefetches end within the
+        client's timeouts, then a thread closes it."""
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool = self._pool
 
         def close() -> None:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-            with self._lock:
-                fd, self.fd = self.fd, -1
-            if fd >= 0:
-                os.close(fd)
+                with self._lock:
+                    if self._pool is pool:  # a revived file makes itself a new one
+                        self._pool = None
+            with self.store._lock:
+                if self.refs > 0:  # revived by a new open
+                    return
+                if self.store._open.get(self.name) is self:
+                    del self.store._open[self.name]
+            self.close_now()
 
         if pool is None:
             close()
         else:
             threading.Thread(target=close, daemon=True, name=f"crds-fs-close {self.name}").start()
+
+    def close_now(self) -> None:
+        with self._lock:
+            fd, self.fd = self.fd, -1
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        if fd >= 0:
+            os.close(fd)
 
 
 _STORES: weakref.WeakKeyDictionary[Any, ChunkStore] = weakref.WeakKeyDictionary()

@@ -384,13 +384,14 @@ class Fetcher:
             return
         log.info("waiting for another process that is downloading %s", download.name)
         limit = self.stall_limit()
-        last_size, last_change, pause = -1, time.monotonic(), 0.01
+        last_size, last_change, pause = (-1, -1), time.monotonic(), 0.01
         while not lock.try_acquire():
             self._check_cancel(download)
-            try:
-                size = os.stat(download.part).st_size
+            try:  # blocks too: parallel ranges fill a file that has its full size at once
+                st = os.stat(download.part)
+                size = (st.st_size, st.st_blocks)
             except FileNotFoundError:
-                size = -1
+                size = (-1, -1)
             now = time.monotonic()
             if size != last_size:
                 last_size, last_change = size, now

@@ -3,17 +3,20 @@
 Over a wide-area link one TCP stream is capped by its window and the round trip (a 3.4 GB
 JWST dark took users hours with crds' single stream); N streams get N times that until the
 link itself is full.  A file of at least `Settings.range_threshold` bytes is split into
-`Settings.streams` equal ranges, each fetched by its own thread with a ranged GET and written
-with pwrite at its offset into the download's temp file.  A range whose body breaks off
-(reset, truncation, read timeout) is resumed from the last byte received, up to
-`Settings.retries` times per range.
+ranges ("pieces", `plan()`: about 8 per stream, 4..32 MiB each) that `Settings.streams`
+threads take in order from a shared queue; each piece is one ranged GET (keep-alive
+connections, so one round trip each), written with pwrite at its offset into the
+download's temp file.  A piece whose body breaks off (reset, truncation, read timeout) is
+resumed from the last byte received, up to `Settings.retries` times per piece.
 
-Nothing changes about verification: the temp file is hashed (sha1) once every range is
-complete, before the fetcher commits it; a mismatch downloads the whole file again (while
-retries are left).  Hashing after assembly was chosen over hashing in order while ranges
-arrive: on the benchmark machine the sha1 of 1 GiB (in the page cache) takes ~1.5 s, small
-next to the 10+ s of the transfer it follows, and it keeps one code path for every layout of
-finished ranges (docs/scale-benchmark.md has the numbers).
+Nothing changes about verification: the whole file's sha1 is checked before the fetcher
+commits it; a mismatch downloads the whole file again (while retries are left).  The sha1
+is computed in order while the pieces arrive: a hasher thread follows the completed prefix
+of the file (pieces finish roughly in order, since they are handed out in order), so when
+the last byte arrives only the last few pieces are left to hash.  Hashing after assembly
+was measured first: 3.6 s for 1 GiB on the (loaded) benchmark machine, 14% of the whole
+transfer; in order, what is left after the last byte is a fraction of a second
+(docs/scale-benchmark.md).
 
 A server that ignores Range (answers the first ranged GET with 200) or refuses it gets the
 ordinary single stream (`parallel_transfer` returns None and the fetcher falls back).
@@ -22,15 +25,15 @@ ordinary single stream (`parallel_transfer` returns None and the fetcher falls b
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..client.rpc import iter_chunks
 from ..errors import DownloadCancelled, DownloadError, ServerUnreachableError, VerificationError
-from ..hashing import sha1_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import requests
@@ -45,6 +48,12 @@ _CHUNK = 256 * 1024
 _WRITEBACK_EVERY = 8 << 20
 #: Ranges are never smaller than this: below it more streams only add round trips.
 MIN_RANGE = 4 << 20
+#: ... nor larger than this (what is left to hash after the last byte is ~streams of them)
+MAX_RANGE = 32 << 20
+#: pieces per stream aimed at (more: a shorter hashing tail; fewer: fewer round trips)
+PIECES_PER_STREAM = 8
+#: bytes per read of the in-order hasher
+_HASH_READ = 1 << 20
 
 
 def wanted(size: int, threshold: int, streams: int) -> bool:
@@ -57,6 +66,14 @@ def split(size: int, streams: int) -> list[tuple[int, int]]:
     count = max(1, min(streams, size // MIN_RANGE))
     step = -(-size // count)
     return [(start, min(start + step, size)) for start in range(0, size, step)]
+
+
+def plan(size: int, streams: int) -> list[tuple[int, int]]:
+    """The pieces of a parallel download: about PIECES_PER_STREAM per stream, each
+    MIN_RANGE..MAX_RANGE bytes (the last one shorter), in file order."""
+    piece = -(-size // max(1, streams * PIECES_PER_STREAM))
+    piece = min(MAX_RANGE, max(MIN_RANGE, piece))
+    return [(start, min(start + piece, size)) for start in range(0, size, piece)]
 
 
 class _Progress:
@@ -82,7 +99,7 @@ def parallel_transfer(fetcher: Fetcher, download: Download, fd: int, url: str) -
     single stream, and DownloadCancelled when every reader went away.
     """
     settings = fetcher.settings
-    ranges = split(download.size, settings.streams)
+    ranges = plan(download.size, settings.streams)
     failures = 0
     while True:
         first = _open_first(fetcher, download, url, ranges[0])
@@ -91,12 +108,18 @@ def parallel_transfer(fetcher: Fetcher, download: Download, fd: int, url: str) -
         os.ftruncate(fd, download.size)  # sparse: every range writes at its own offset
         progress = _Progress(download)
         started = time.monotonic()
-        _run_ranges(fetcher, download, fd, url, ranges, first, progress)
-        received = time.monotonic() - started
-        hash_start = time.monotonic()
-        size, digest = sha1_file(download.part)
-        log.info("%s: %d bytes in %d ranges in %.2fs, sha1 checked in %.2fs", download.name,
-                 size, len(ranges), received, time.monotonic() - hash_start)
+        hasher = _InOrderHasher(download.part, ranges)
+        try:
+            _run_ranges(fetcher, download, fd, url, ranges, first, progress, hasher,
+                        min(settings.streams, len(ranges)))
+            received = time.monotonic()
+            size, digest = hasher.result()
+        finally:
+            hasher.stop()
+        log.info("%s: %d bytes in %d ranges over %d streams in %.2fs, sha1 done %.2fs after "
+                 "the last byte", download.name, size, len(ranges),
+                 min(settings.streams, len(ranges)), received - started,
+                 time.monotonic() - received)
         if size == download.size and (not download.sha1 or digest == download.sha1):
             return digest
         failures += 1
@@ -126,23 +149,111 @@ def _open_first(fetcher: Fetcher, download: Download, url: str,
         return None
 
 
+class _InOrderHasher:
+    """sha1 of the file, computed in order as the completed prefix of the pieces grows.
+
+    Reads back what the range threads wrote (from the page cache) in its own thread;
+    hashlib releases the GIL, so it overlaps with the transfer.
+    """
+
+    def __init__(self, path: Any, ranges: list[tuple[int, int]]) -> None:
+        self.ranges = ranges
+        self.size = ranges[-1][1] if ranges else 0
+        self.done = [False] * len(ranges)
+        self.cond = threading.Condition()
+        self._stopped = False
+        self._digest = hashlib.sha1(usedforsecurity=False)
+        self._hashed = 0
+        self._error: BaseException | None = None
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="crds-fs-sha1")
+        self._thread.start()
+
+    def finished(self, index: int) -> None:
+        with self.cond:
+            self.done[index] = True
+            self.cond.notify_all()
+
+    def _prefix(self) -> int:
+        end = 0
+        for (_, stop), done in zip(self.ranges, self.done, strict=True):
+            if not done:
+                break
+            end = stop
+        return end
+
+    def _run(self) -> None:
+        try:
+            while self._hashed < self.size:
+                with self.cond:
+                    while not self._stopped and self._prefix() <= self._hashed:
+                        self.cond.wait()
+                    if self._stopped:
+                        return
+                    target = self._prefix()
+                while self._hashed < target:
+                    data = os.pread(self._fd, min(_HASH_READ, target - self._hashed),
+                                    self._hashed)
+                    if not data:
+                        raise OSError(errno.EIO, "the temp file is shorter than written")
+                    self._digest.update(data)
+                    self._hashed += len(data)
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
+            self._error = exc
+        finally:
+            with self.cond:
+                self.cond.notify_all()
+
+    def result(self) -> tuple[int, str]:
+        """(bytes hashed, sha1 hex) once every piece is done and hashed."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._hashed, self._digest.hexdigest()
+
+    def stop(self) -> None:
+        with self.cond:
+            self._stopped = True
+            self.cond.notify_all()
+        self._thread.join()
+        os.close(self._fd)
+
+
 def _run_ranges(fetcher: Fetcher, download: Download, fd: int, url: str,
                 ranges: list[tuple[int, int]], first: requests.Response,
-                progress: _Progress) -> None:
-    """Fetch every range in its own thread; re-raise the first failure after all stopped."""
+                progress: _Progress, hasher: _InOrderHasher, streams: int) -> None:
+    """*streams* threads take the pieces in order; re-raise the first failure after all
+    stopped.  The first piece's response is already open (the range probe)."""
     stop = threading.Event()
     errors: list[BaseException] = []
+    queue_lock = threading.Lock()
+    todo = iter(list(enumerate(ranges))[1:])
 
-    def work(index: int, span: tuple[int, int], response: requests.Response | None) -> None:
+    def work(response: requests.Response | None) -> None:
         try:
-            _fetch_range(fetcher, download, fd, url, span, response, progress, stop)
+            while not stop.is_set():
+                if response is not None:  # the probe's response belongs to piece 0
+                    index, span = 0, ranges[0]
+                else:
+                    with queue_lock:
+                        index, span = next(todo, (-1, (0, 0)))
+                if index < 0:
+                    return
+                _fetch_range(fetcher, download, fd, url, span, response, progress, stop)
+                response = None
+                if stop.is_set():
+                    return
+                hasher.finished(index)
         except BaseException as exc:  # noqa: BLE001 - handed to the leader
             errors.append(exc)
             stop.set()
+        finally:
+            if response is not None:
+                response.close()
 
-    threads = [threading.Thread(target=work, args=(i, span, first if i == 0 else None),
+    threads = [threading.Thread(target=work, args=(first if i == 0 else None,),
                                 daemon=True, name=f"crds-fs-range{i} {download.name}")
-               for i, span in enumerate(ranges)]
+               for i in range(streams)]
     for thread in threads:
         thread.start()
     for thread in threads:
