@@ -10,9 +10,9 @@ read of a 4 GB reference thus costs one 8 MiB chunk instead of the whole file.
 Rules, so that nothing unverified is ever served and nothing half-done counts as cached:
 
 * the manifest is used only when its size and sha1 are the catalog's (else whole-file);
-* a chunk is written to the sparse file only after its sha256 matched, fdatasync'ed, and
-  only then marked present in the map (the map is replaced atomically); a chunk marked
-  present by an earlier run is hashed again before this process serves it (once);
+* a chunk is written to the sparse file only after its sha256 matched, and only then
+  marked present in the map (the map is replaced atomically); a chunk marked present by
+  an earlier run (or before a crash) is hashed again before this process serves it (once);
 * once every chunk is present the whole file's sha1 is checked, and only then is the file
   committed like a download (fsync, read-only, rename to its final path, index entry): from
   then on it is a normal cached file.  A sha1 mismatch discards the partial file;
@@ -67,8 +67,8 @@ MAP_SUFFIX = ".map"
 MIN_CHUNK = 64 << 10
 MAX_CHUNK = 256 << 20
 MAX_CHUNKS = 1 << 17
-#: a chunk a reader waits for is fetched in parts of at least this size (see ensure)
-MIN_PART = 2 << 20
+#: a chunk a reader waits for is fetched in up to 2 x streams parts of at least this size
+MIN_PART = 1 << 20
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -301,7 +301,7 @@ class PartialFile:
         return {i for i in present if 0 <= i < self.manifest.total}
 
     def _save_map(self) -> None:
-        """Replace the map atomically (called with the data already fdatasync'ed)."""
+        """Replace the map atomically (the chunks it lists are rechecked by a later run)."""
         m = self.manifest
         data = {"version": 1, "name": m.name, "size": m.size, "sha1sum": m.sha1,
                 "chunk_size": m.chunk_size, "chunks": list(m.chunks),
@@ -337,7 +337,7 @@ class PartialFile:
                foreground: bool = False) -> None:
         """Make chunk *index* present and verified here; raises (nothing kept) if it fails.
 
-        *foreground*: a reader waits for it, so it is fetched in `streams` parallel parts
+        *foreground*: a reader waits for it, so it is fetched in 2 x `streams` parallel parts
         (a header read over a WAN then costs one round trip plus chunk/streams of transfer).
         """
         with self._lock:
@@ -389,7 +389,7 @@ class PartialFile:
 
     def _fetch(self, index: int, cancelled: Callable[[], bool] | None,
                foreground: bool) -> None:
-        """Ranged GET of one chunk, sha256 check, then pwrite + fdatasync + map update."""
+        """Ranged GET of one chunk, sha256 check, then pwrite + map update."""
         start, end = self.manifest.span(index)
         fetcher = self.cache.fetcher
         settings = self.cache.settings
@@ -434,8 +434,9 @@ class PartialFile:
 
     def _get_parts(self, fetcher: Any, url: str, start: int, end: int,
                    cancelled: Callable[[], bool] | None, foreground: bool) -> bytes:
-        """Bytes [start, end): one ranged GET, or `streams` at once for a waiting reader."""
-        parts = max(1, min(self.cache.settings.streams, (end - start) // MIN_PART))
+        """Bytes [start, end): one ranged GET, or up to 2 x `streams` at once for a waiting
+        reader (its latency is what counts: a header read is one chunk)."""
+        parts = max(1, min(2 * self.cache.settings.streams, (end - start) // MIN_PART))
         if not foreground or parts < 2:
             return self._get(fetcher, url, start, end, cancelled)
         step = -(-(end - start) // parts)
@@ -490,7 +491,8 @@ class PartialFile:
         while view:
             written = os.pwrite(self.fd, view, offset)
             view, offset = view[written:], offset + written
-        os.fdatasync(self.fd)
+        # no fdatasync per chunk: a chunk the map marks present is hashed again before a
+        # later mount serves it (`_recheck`), and the commit fsyncs the whole file
         with self._lock:
             self.present.add(index)
             self._checked.add(index)
@@ -513,7 +515,8 @@ class PartialFile:
         with self._lock:
             if not {last - 1, last - 2} <= self.present:
                 return
-        for index in range(last + 1, min(last + 1 + streams, self.manifest.total)):
+        # twice as many queued as there are workers, so none of them idles between chunks
+        for index in range(last + 1, min(last + 1 + 2 * streams, self.manifest.total)):
             self._prefetch(index)
 
     def _prefetch(self, index: int) -> None:

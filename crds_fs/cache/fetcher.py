@@ -429,7 +429,10 @@ class Fetcher:
             sha1 = self._transfer(download, fd, url)
             if not download.sha1:
                 log.debug("%s: the server publishes no sha1; only its size was checked", name)
+            committing = time.monotonic()
             final = self.store.commit(part, fd, name)
+            log.debug("%s: committed (fsync, rename) in %.2fs", name,
+                      time.monotonic() - committing)
         except BaseException as exc:
             self.store.discard(part)
             error: BaseException = exc
