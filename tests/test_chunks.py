@@ -24,6 +24,8 @@ pytestmark = [pytest.mark.fuse, needs_fuse]
 CHUNK = 1 << 20
 SIZE = 48 * CHUNK + 777
 TOTAL = 49
+#: chunked reads are for big files (>= CRDS_FS_RANGE_THRESHOLD, default 64M): lowered here
+BIG_ENV = {"CRDS_FS_RANGE_THRESHOLD": "4M"}
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ def test_serve_publishes_a_chunk_manifest_computed_with_the_sha1(chunked):
 def test_header_of_an_uncached_big_file_fetches_only_its_first_chunk(chunked, mounter: Mounter):
     astropy_fits = pytest.importorskip("astropy.io.fits")
     server, data = chunked
-    mount = mounter(server.url)
+    mount = mounter(server.url, env=BIG_ENV)
     path = _path(mount)
     assert os.getxattr(path, "user.crds.cached") == b"no"
     header = astropy_fits.getheader(path)
@@ -82,7 +84,7 @@ def test_header_of_an_uncached_big_file_fetches_only_its_first_chunk(chunked, mo
 def test_a_corrupted_chunk_is_eio_and_nothing_is_kept(chunked, mounter: Mounter):
     server, data = chunked
     with FaultProxy(server.url) as proxy:
-        mount = mounter(proxy.url, "--retries", "0")
+        mount = mounter(proxy.url, "--retries", "0", env=BIG_ENV)
         path = _path(mount)
         proxy.set_fault("corrupt", path_contains=BIG)
         with open(path, "rb") as handle:
@@ -104,7 +106,7 @@ def test_a_corrupted_chunk_is_eio_and_nothing_is_kept(chunked, mounter: Mounter)
 def test_the_chunk_map_survives_a_remount(chunked, mounter: Mounter, tmp_path):
     server, data = chunked
     cache = tmp_path / "shared-cache"
-    mount = mounter(server.url, cache_dir=cache)
+    mount = mounter(server.url, cache_dir=cache, env=BIG_ENV)
     with open(_path(mount), "rb") as handle:
         handle.seek(7 * CHUNK + 10)
         assert handle.read(100) == data[7 * CHUNK + 10:7 * CHUNK + 110]
@@ -113,7 +115,7 @@ def test_the_chunk_map_survives_a_remount(chunked, mounter: Mounter, tmp_path):
     chunk_map = json.loads((cache / "partial" / "hst" / (BIG + ".map")).read_text())
     kept = chunk_map["present"]  # chunk 7, and what the kernel's readahead touched
     assert 7 in kept and len(kept) <= 5 and set(kept) <= set(range(7, 12))
-    again = mounter(server.url, cache_dir=cache)
+    again = mounter(server.url, cache_dir=cache, env=BIG_ENV)
     path = _path(again)
     assert os.getxattr(path, "user.crds.cached") == b"partial"
     assert os.getxattr(path, "user.crds.chunks") == f"{len(kept)}/49".encode()
@@ -125,7 +127,7 @@ def test_the_chunk_map_survives_a_remount(chunked, mounter: Mounter, tmp_path):
 
 def test_a_full_read_completes_the_file_and_it_verifies(chunked, mounter: Mounter):
     server, data = chunked
-    mount = mounter(server.url)
+    mount = mounter(server.url, env=BIG_ENV)
     path = _path(mount)
     assert path.read_bytes() == data
     assert wait_until(lambda: os.getxattr(path, "user.crds.cached") == b"yes", 30)
@@ -140,7 +142,7 @@ def test_a_full_read_completes_the_file_and_it_verifies(chunked, mounter: Mounte
 
 def test_complete_partial_fetches_the_rest_in_the_background(chunked, mounter: Mounter):
     server, data = chunked
-    mount = mounter(server.url, "--complete-partial")
+    mount = mounter(server.url, "--complete-partial", env=BIG_ENV)
     path = _path(mount)
     with open(path, "rb") as handle:
         assert handle.read(100) == data[:100]
@@ -179,10 +181,21 @@ def test_without_manifests_the_file_is_verified_whole_before_serving(chunked, mo
     astropy_fits = pytest.importorskip("astropy.io.fits")
     server, data = chunked
     with NoManifestProxy(server.url) as proxy:
-        mount = mounter(proxy.url, env={"CRDS_FS_RANGE_THRESHOLD": "1G"})
+        mount = mounter(proxy.url, env=BIG_ENV)
         path = _path(mount)
         assert astropy_fits.getheader(path)["CRDSBIG"] == "yes"
         assert os.getxattr(path, "user.crds.cached") == b"yes"
         assert mount.stats()["cache"]["bytes_downloaded"] == len(data)
     assert "publishes no chunk manifests" in mount.log()
+    # downloaded whole (in parallel ranges: the server honours Range) before serving
+    assert "sha1 done" in mount.log() and whole_gets(server.log(), BIG) == []
+
+
+def test_files_below_the_threshold_are_downloaded_whole(chunked, mounter: Mounter):
+    server, data = chunked
+    mount = mounter(server.url, env={"CRDS_FS_RANGE_THRESHOLD": "1G"})
+    path = _path(mount)
+    with open(path, "rb") as handle:
+        assert handle.read(100) == data[:100]
+    assert os.getxattr(path, "user.crds.cached") == b"yes"
     assert ranged_gets(server.log(), BIG) == [] and len(whole_gets(server.log(), BIG)) == 1

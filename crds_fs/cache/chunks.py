@@ -1,7 +1,8 @@
 """Verified random access: read a big uncached file chunk by chunk, each chunk verified.
 
 When the server publishes chunk manifests (`get_chunk_manifest`, a crds-fs serve extension,
-docs/protocol.md), a read of an uncached file fetches only the fixed-size chunks it touches
+docs/protocol.md), a read of an uncached big file (at least `Settings.range_threshold`,
+64 MiB by default, like parallel ranges) fetches only the fixed-size chunks it touches
 with ranged GETs, checks each chunk's sha256 against the manifest before a byte of it is
 served, and keeps verified chunks in a sparse file `<cache>/partial/<obs>/<name>` with its
 chunk map `<name>.map` (JSON: the manifest and which chunks are present).  A FITS header
@@ -170,8 +171,8 @@ class ChunkStore:
         if not settings.partial_reads or self.offered is False or not cache.fetcher.online:
             return None
         info = cache.fetcher.info(name)
-        if info.size <= MIN_CHUNK:
-            return None
+        if info.size < max(settings.range_threshold, 2 * MIN_CHUNK):
+            return None  # not a big file: downloaded whole (one GET), as always
         with self._lock:
             partial = self._open.get(name)
             if partial is not None and not partial.broken and partial.fd >= 0:
