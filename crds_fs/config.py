@@ -139,6 +139,14 @@ class Settings:
     failover_backoff: float = 30.0
     #: seconds after a failover when traffic returns to the primary server
     failover_reset: float = 300.0
+    #: files at least this big are downloaded in `streams` parallel byte ranges
+    range_threshold: int = 64 << 20
+    #: concurrent ranges of one big download (1 = a single stream)
+    streams: int = 4
+    #: read uncached files chunk by chunk (verified each) when the server has manifests
+    partial_reads: bool = True
+    #: fetch the missing chunks of a partly read file in the background
+    complete_partial: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -173,6 +181,10 @@ class Settings:
             proxy=os.environ.get("CRDS_FS_PROXY", "").strip() or None,
             failover_backoff=_env_float("CRDS_FS_FAILOVER_BACKOFF", 30.0),
             failover_reset=_env_float("CRDS_FS_FAILOVER_RESET", 300.0),
+            range_threshold=_env_size("CRDS_FS_RANGE_THRESHOLD", 64 << 20),
+            streams=max(1, min(32, int(_env_float("CRDS_FS_STREAMS", 4)))),
+            partial_reads=_env_bool("CRDS_FS_PARTIAL_READS", True),
+            complete_partial=_env_bool("CRDS_FS_COMPLETE_PARTIAL"),
         )
         parse_min_free(settings.cache_min_free, 0)  # fail early on a malformed value
         clean = {k: v for k, v in overrides.items() if v is not None}

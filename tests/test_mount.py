@@ -127,7 +127,8 @@ def test_xattrs(mounter: Mounter, demo_proxy, demo_root) -> None:
     mount = mounter(demo_proxy.url)
     path = refs(mount.mountpoint) / SMALL
     data = (refs(demo_root) / SMALL).read_bytes()
-    assert sorted(os.listxattr(path)) == ["user.crds.cached", "user.crds.sha1", "user.crds.url"]
+    assert sorted(os.listxattr(path)) == ["user.crds.cached", "user.crds.chunks",
+                                          "user.crds.sha1", "user.crds.url"]
     assert os.getxattr(path, "user.crds.sha1").decode() == hashlib.sha1(data).hexdigest()
     assert os.getxattr(path, "user.crds.cached") == b"no"
     url = os.getxattr(path, "user.crds.url").decode()

@@ -222,7 +222,7 @@ def test_failed_download_is_eio_and_logged_then_retried(
 def test_xattrs(source: MountSource, proxy: FaultProxy) -> None:
     data = TINY_REFERENCES[REF]
     assert sorted(source.listxattr(REF_PATH)) == [
-        "user.crds.cached", "user.crds.sha1", "user.crds.url"]
+        "user.crds.cached", "user.crds.chunks", "user.crds.sha1", "user.crds.url"]
     assert source.getxattr(REF_PATH, "user.crds.sha1") == hashlib.sha1(data).hexdigest().encode()
     assert source.getxattr(REF_PATH, "user.crds.cached") == b"no"
     url = source.getxattr(REF_PATH, "user.crds.url").decode()

@@ -148,9 +148,14 @@ def test_sha1_file_is_shared_and_exact(tmp_path: Path) -> None:
     assert cache.sha1_file is sha1_file
     # the server hashes through checked descriptors with the same digest code
     import crds_fs.hashing as hashing
-    assert server_store.sha1_stream is hashing.sha1_stream
+    assert server_store.digest_stream is hashing.digest_stream
     with open(path, "rb") as handle:
         assert hashing.sha1_stream(handle) == sha1_file(path)
+    with open(path, "rb", buffering=0) as handle:  # sha1 and chunk manifest in one pass
+        digests = hashing.digest_stream(handle, 1 << 20)
+    assert (digests.size, digests.sha1) == sha1_file(path)
+    assert digests.chunks == tuple(hashlib.sha256(data[i:i + (1 << 20)]).hexdigest()
+                                   for i in range(0, len(data), 1 << 20))
 
 
 def test_mountinfo_parsing(tmp_path: Path) -> None:

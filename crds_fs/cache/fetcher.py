@@ -63,6 +63,7 @@ from ..errors import (
     VerificationError,
 )
 from ..hashing import sha1_file
+from . import ranges
 from .index import CacheIndex
 from .store import FileStore, NameLock, file_stamp
 
@@ -399,13 +400,14 @@ class Fetcher:
             return
         log.info("waiting for another process that is downloading %s", download.name)
         limit = self.stall_limit()
-        last_size, last_change, pause = -1, time.monotonic(), 0.01
+        last_size, last_change, pause = (-1, -1), time.monotonic(), 0.01
         while not lock.try_acquire():
             self._check_cancel(download)
-            try:
-                size = os.stat(download.part).st_size
+            try:  # blocks too: parallel ranges fill a file that has its full size at once
+                st = os.stat(download.part)
+                size = (st.st_size, st.st_blocks)
             except FileNotFoundError:
-                size = -1
+                size = (-1, -1)
             now = time.monotonic()
             if size != last_size:
                 last_size, last_change = size, now
@@ -444,7 +446,10 @@ class Fetcher:
             self._refuse_conflict(name)
             if not download.sha1:
                 log.debug("%s: the server publishes no sha1; only its size was checked", name)
+            committing = time.monotonic()
             final = self.store.commit(part, fd, name)
+            log.debug("%s: committed (fsync, rename) in %.2fs", name,
+                      time.monotonic() - committing)
         except BaseException as exc:
             self.store.discard(part)
             error: BaseException = exc
@@ -529,8 +534,14 @@ class Fetcher:
         breaks off (reset, truncation, read timeout) is resumed from the bytes already
         written with a Range request, or restarted when the server ignores ranges, up to
         `settings.retries` times.  The socket is read in this thread while a `_Sink` writes
-        and hashes the previous chunks.
+        and hashes the previous chunks.  Big files go in parallel ranges (`ranges`) when
+        the server serves ranges.
         """
+        if ranges.wanted(download.size, self.settings.range_threshold, self.settings.streams):
+            digest = ranges.parallel_transfer(self, download, fd, url)
+            if digest is not None:
+                return digest
+            os.ftruncate(fd, 0)
         sink = _Sink(fd, download, self.store, self._count,
                      threaded=download.size > _THREAD_MIN_SIZE)
         try:

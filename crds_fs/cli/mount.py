@@ -107,6 +107,13 @@ OUR_FUSE_OPTS = frozenset({"nonempty"})
               help="How often the daemon checks the server for new files, a new operational "
                    "context or bad files (0 = never; `crds-fs refresh` and SIGHUP check at "
                    "once) [default: $CRDS_FS_REFRESH or 600].")
+@click.option("--streams", type=click.IntRange(1, 32), default=None,
+              help="Parallel byte ranges per download of a big file (CRDS_FS_RANGE_THRESHOLD, "
+                   "default 64M) [default: CRDS_FS_STREAMS or 4].")
+@click.option("--complete-partial", is_flag=True, default=None,
+              help="Fetch the rest of a big file read in chunks in the background (it then "
+                   "becomes a cached file); default: CRDS_FS_COMPLETE_PARTIAL, else only the "
+                   "chunks read are fetched.")
 @click.option("--status-fd", type=int, default=None, hidden=True)
 @click.pass_context
 def mount_command(ctx: click.Context, mountpoint: Path, server_url: tuple[str, ...],
@@ -117,6 +124,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: tuple[str, .
                   cache_max_size: str | None, ready_timeout: float,
                   fuse_opts: tuple[str, ...], nonempty: bool, datasets: Path | None,
                   engine: str | None, poll: float | None, refresh: float | None,
+                  streams: int | None, complete_partial: bool | None,
                   status_fd: int | None) -> None:
     """Mount CRDS at MOUNTPOINT: mappings/, references/, config/ as a CRDS cache.
 
@@ -127,6 +135,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, server_url: tuple[str, .
                                  cache_dir=cache_dir,
                                  observatory=observatory, context=context,
                                  read_timeout=read_timeout, retries=retries,
+                                 streams=streams, complete_partial=complete_partial or None,
                                  cache_max_bytes=(parse_size(cache_max_size,
                                                              what="--cache-max-size")
                                                   if cache_max_size else None))

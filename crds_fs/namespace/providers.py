@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..cache.chunks import chunk_store
 from ..client.payload import crds_encode
 from ..client.rpc import advertised_url, url_field
 from ..errors import (
@@ -48,7 +49,9 @@ log = logging.getLogger(__name__)
 XATTR_SHA1 = XATTR_PREFIX + "sha1"
 XATTR_CACHED = XATTR_PREFIX + "cached"
 XATTR_URL = XATTR_PREFIX + "url"
-FILE_XATTRS = [XATTR_SHA1, XATTR_CACHED, XATTR_URL]
+#: "present/total" chunks of the file (a partly read big file: see crds_fs.cache.chunks)
+XATTR_CHUNKS = XATTR_PREFIX + "chunks"
+FILE_XATTRS = [XATTR_SHA1, XATTR_CACHED, XATTR_URL, XATTR_CHUNKS]
 #: On demand only (not listed, so `getfattr -d` never hashes the whole cache): reading it
 #: re-hashes the cached file; a bad copy is removed and fetched again.
 XATTR_VERIFY = XATTR_PREFIX + "verify"
@@ -121,6 +124,9 @@ class CatalogProvider(ObservatoryDirProvider):
             raise self.refuse("open for writing", parts)
         name = parts[1]
         cache = self.env.cache
+        partial = self._open_partial(name)
+        if partial is not None:
+            return partial
         try:
             reader = cache.open_reader(name, cancelled=self.env.interrupted,
                                        deadline=open_deadline(cache))
@@ -143,6 +149,22 @@ class CatalogProvider(ObservatoryDirProvider):
             raise
         return FileHandle(reader)
 
+    def _open_partial(self, name: str) -> Handle | None:
+        """A chunk-by-chunk handle of an uncached big file when the server publishes chunk
+        manifests (verified random access), else None: the whole-file path below."""
+        cache = self.env.cache
+        if not cache.settings.partial_reads or cache.is_cached(name):
+            return None
+        store = chunk_store(cache)
+        try:
+            partial = store.open(name)
+        except (CrdsFsError, OSError) as exc:
+            log.warning("cannot read %s in chunks (%s); downloading it whole", name, exc)
+            return None
+        if partial is None:
+            return None
+        return PartialHandle(cache, store, partial, self.env.interrupted)
+
     def getxattr(self, parts: Parts, name: str) -> bytes:
         if len(parts) < 2:  # directories carry no crds attributes
             return super().getxattr(parts, name)
@@ -151,12 +173,28 @@ class CatalogProvider(ObservatoryDirProvider):
         if name == XATTR_SHA1:
             return self._info(file).sha1.encode()
         if name == XATTR_CACHED:
-            return b"yes" if self.env.cache.is_cached(file) else b"no"
+            return self._cached_state(file)[0].encode()
+        if name == XATTR_CHUNKS:
+            _state, present, total = self._cached_state(file)
+            return f"{present}/{total}".encode()
         if name == XATTR_URL:
             return file_url(self.env, file).encode()
         if name == XATTR_VERIFY:
             return self._verify(file)
         raise missing_xattr(self.path(parts), name)
+
+    def _cached_state(self, file: str) -> tuple[str, int, int]:
+        """("yes" | "partial" | "no", chunks present, chunks total) of a catalog file."""
+        cache = self.env.cache
+        store = chunk_store(cache)
+        size = self._info(file).size
+        if cache.is_cached(file):
+            total = store.total_chunks(size)
+            return "yes", total, total
+        state = store.state(file)
+        if state is not None and state[0] > 0:
+            return "partial", state[0], state[1]
+        return "no", 0, state[1] if state is not None else store.total_chunks(size)
 
     def _verify(self, file: str) -> bytes:
         """`user.crds.verify`: re-hash the cached copy now.
@@ -185,6 +223,49 @@ class CatalogProvider(ObservatoryDirProvider):
     def listxattr(self, parts: Parts) -> list[str]:
         self.getattr(parts)
         return list(FILE_XATTRS) if len(parts) == 2 else []
+
+
+class PartialHandle(Handle):
+    """An uncached big file read chunk by chunk; every byte served was verified first.
+
+    Pins the name like a Reader (so once the file is complete and committed it is not
+    evicted while open).  Reads have no descriptor for the glue until the file is complete
+    (each read goes through `PartialFile.readinto`, which fetches and verifies the chunks
+    it touches); afterwards the data file's descriptor is handed out as for cached files.
+    """
+
+    def __init__(self, cache: Any, store: Any, partial: Any,
+                 interrupted: Callable[[], bool] | None) -> None:
+        self.cache = cache
+        self.store = store
+        self.partial = partial
+        self.name = partial.name
+        self.interrupted = interrupted
+        cache._pin(self.name)
+        self._released = False
+
+    def read(self, size: int, offset: int) -> bytes:
+        buffer = bytearray(max(0, min(size, self.partial.size - offset)))
+        count = self.readinto(memoryview(buffer), offset)
+        return bytes(buffer[:count])
+
+    def readinto(self, buffer: memoryview, offset: int) -> int:
+        try:
+            return self.partial.readinto(buffer, offset, self.interrupted)
+        except CrdsFsError as exc:
+            log.debug("read of %s at %d failed: %s", self.name, offset, exc)
+            raise
+
+    def fileno(self) -> int | None:
+        partial = self.partial
+        return partial.fd if partial.complete and partial.fd >= 0 else None
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.store.release(self.partial)
+        self.cache._unpin(self.name)
 
 
 def open_deadline(cache: Any) -> float | None:

@@ -485,6 +485,25 @@ def get_reference_url(env: Env, context: str, reference: str) -> str:
     return _file_url(env, context, reference, "reference")
 
 
+@rpc("get_chunk_manifest")
+def get_chunk_manifest(env: Env, filename: str) -> dict[str, Any]:
+    """crds-fs extension: fixed-size chunks of *filename* with the sha256 of each.
+
+    Lets a client fetch and verify any chunk alone (ranged GET), so reading a FITS header
+    of a 4 GB reference costs one chunk, not the whole file (docs/protocol.md).  Computed in
+    the pass that computes the file's sha1; `sha1sum` and `size` are the catalog's.
+    """
+    if not isinstance(filename, str):
+        raise ServiceError(f"filename must be a file name, got {filename!r}")
+    record = env.store.manifest(env.observatory, filename)
+    if record is None:
+        raise ServiceError(f"file {filename!r} is not on this server "
+                           f"(observatory {env.observatory})")
+    return {"name": filename, "size": record.size, "sha1sum": record.sha1,
+            "chunk_size": record.chunk_size, "algorithm": "sha256",
+            "chunks": list(record.chunks)}
+
+
 #: crds.client.api calls a mirror cannot answer from its folder, and why (docs/protocol.md).
 NOT_OFFERED = {
     "get_remote_context": "it reports what a pipeline pushed to the server; nothing is "

@@ -36,8 +36,9 @@ import diskcache
 
 from ..bestrefs.sources import read_server_config
 from ..client.names import FileKind, file_kind, is_safe_basename
+from ..config import parse_size
 from ..errors import ConfigError
-from ..hashing import sha1_stream
+from ..hashing import DEFAULT_CHUNK_SIZE, Digests, digest_stream
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,19 @@ PROGRESS_INTERVAL = 5.0
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 #: where Linux shows the path an open descriptor really refers to
 _FD_DIR = "/proc/self/fd"
+#: bounds of the manifest chunk size (CRDS_FS_SERVE_CHUNK_SIZE): small enough for tests,
+#: never so small that a manifest of a 5 GB file gets huge (64 KiB -> 80k entries)
+MIN_CHUNK_SIZE = 64 << 10
+MAX_CHUNK_SIZE = 256 << 20
+
+
+def configured_chunk_size() -> int:
+    """Manifest chunk size from CRDS_FS_SERVE_CHUNK_SIZE (default 8 MiB), bounded."""
+    text = os.environ.get("CRDS_FS_SERVE_CHUNK_SIZE", "").strip()
+    size = parse_size(text, what="CRDS_FS_SERVE_CHUNK_SIZE") if text else DEFAULT_CHUNK_SIZE
+    if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+        raise ConfigError(f"CRDS_FS_SERVE_CHUNK_SIZE={text!r} must be between 64K and 256M")
+    return size
 
 
 class NotServableError(OSError):
@@ -68,6 +82,14 @@ class FileRecord(NamedTuple):
     size: int
     mtime_ns: int
     sha1: str
+    #: chunk manifest computed in the same pass as sha1 (0 / () in indexes of older versions)
+    chunk_size: int = 0
+    chunks: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, path: str, mtime_ns: int, digests: Digests) -> FileRecord:
+        return cls(path, digests.size, mtime_ns, digests.sha1, digests.chunk_size,
+                   digests.chunks)
 
 
 @dataclass
@@ -91,9 +113,12 @@ class ServedRoot:
     """A CRDS cache-layout folder as the server sees it; thread-safe."""
 
     def __init__(self, root: Path, index_dir: Path, *, rescan_interval: float = 10.0,
-                 progress_interval: float = PROGRESS_INTERVAL) -> None:
+                 progress_interval: float = PROGRESS_INTERVAL,
+                 chunk_size: int | None = None) -> None:
         """*progress_interval*: seconds between progress log lines while hashing (the first
-        start of a server over terabytes hashes for a long time)."""
+        start of a server over terabytes hashes for a long time).  *chunk_size*: of the
+        chunk manifests (default CRDS_FS_SERVE_CHUNK_SIZE, else 8 MiB)."""
+        self.chunk_size = chunk_size or configured_chunk_size()
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise FileNotFoundError(f"served folder {root} does not exist or is not a folder")
@@ -200,10 +225,10 @@ class ServedRoot:
         fd = self.open_served(path)
         try:
             stat = os.fstat(fd)
-            size, digest = _hash_fd(fd)
+            digests = _hash_fd(fd, self.chunk_size)
         finally:
             os.close(fd)
-        return FileRecord(path, size, stat.st_mtime_ns, digest)
+        return FileRecord.of(path, stat.st_mtime_ns, digests)
 
     def _list_files(
         self, folder: _Folder
@@ -342,12 +367,43 @@ class ServedRoot:
         stat = os.fstat(fd)
         if (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns):
             return record
-        size, digest = _hash_fd(fd)
-        fresh = FileRecord(record.path, size, stat.st_mtime_ns, digest)
+        fresh = FileRecord.of(record.path, stat.st_mtime_ns, _hash_fd(fd, self.chunk_size))
         with self._lock:
             if folder.files.get(name) == record:
                 folder.files = {**folder.files, name: fresh}
                 self.generation += 1
+                self._store(folder)
+        return fresh
+
+    def manifest(self, observatory: str, name: str) -> FileRecord | None:
+        """Fresh record of *name* with its chunk manifest (None: not served).
+
+        Manifests are computed with the sha1 when a file is hashed; a record from an index
+        written before manifests existed (or with another chunk size) is hashed again now,
+        through a checked descriptor, once.
+        """
+        found = self.find(observatory, name)
+        if found is None:
+            return None
+        kind, record = found
+        if record.chunk_size == self.chunk_size and record.chunks:
+            return record
+        opened = self.open_file(observatory, kind, name)
+        if opened is None:
+            return None
+        record, fd, stat = opened
+        try:
+            if record.chunk_size == self.chunk_size and record.chunks:
+                return record
+            fresh = FileRecord.of(record.path, stat.st_mtime_ns, _hash_fd(fd, self.chunk_size))
+        finally:
+            os.close(fd)
+        with self._lock:
+            folder = self._folders.get((kind, observatory))
+            if folder is not None and folder.files.get(name) == record:
+                folder.files = {**folder.files, name: fresh}
+                if fresh.sha1 != record.sha1 or fresh.size != record.size:
+                    self.generation += 1
                 self._store(folder)
         return fresh
 
@@ -451,11 +507,11 @@ class _HashProgress:
                      _gb(self.bytes_total), _gb(rate), left)
 
 
-def _hash_fd(fd: int) -> tuple[int, str]:
-    """(size, sha1) of an open file from its start; *fd* stays open."""
-    with os.fdopen(os.dup(fd), "rb") as handle:
+def _hash_fd(fd: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Digests:
+    """Size, sha1 and chunk manifest of an open file from its start; *fd* stays open."""
+    with os.fdopen(os.dup(fd), "rb", buffering=0) as handle:
         handle.seek(0)
-        return sha1_stream(handle)
+        return digest_stream(handle, chunk_size)  # type: ignore[arg-type]
 
 
 def _kind_of(mode: int) -> str:
