@@ -47,7 +47,6 @@ from .bestrefs.headers import read_header
 from .bestrefs.resolver import BestrefsResolver, cache_source
 from .bestrefs.sources import callable_source
 from .client.names import is_mapping
-from .client.rpc import iter_chunks
 from .errors import ConfigError, CrdsFsError, DatasetError, VerificationError
 from .hashing import sha1_file
 
@@ -302,6 +301,8 @@ class Syncer:
         response = fetcher.open_body(url)
         data = bytearray()
         try:
+            from .client.rpc import iter_chunks  # requests: only when a dry run peeks
+
             for chunk in iter_chunks(response, 256 * 1024):
                 data += chunk
                 if len(data) > info.size:

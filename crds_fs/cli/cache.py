@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from ..config import OBSERVATORIES, Settings
 from ..errors import ConfigError
+from ..progress import new_bar
 from . import cli
 
 #: How long `cache status` waits for a mount's .crds-fs/stats (a wedged daemon must not
@@ -272,13 +272,12 @@ class _BytesBar:
 
     def __init__(self, desc: str) -> None:
         self.desc = desc
-        self.bar: tqdm | None = None
+        self.bar: Any = None
 
     def __call__(self, done: int, total: int, name: str) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit="B", unit_scale=True,
-                            unit_divisor=1024, file=sys.stderr, disable=None, leave=False,
-                            dynamic_ncols=True)
+            self.bar = new_bar(total, self.desc, unit="B", unit_scale=True,
+                               unit_divisor=1024)
         if name:
             self.bar.set_postfix_str(name, refresh=False)
         self.bar.update(done - self.bar.n)
