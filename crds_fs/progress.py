@@ -29,14 +29,15 @@ class ProgressBar:
     context manager so the bar is removed before the command prints its results.
     """
 
-    def __init__(self, desc: str, unit: str = "file") -> None:
+    def __init__(self, desc: str, unit: str = "file", **options: Any) -> None:
         self.desc = desc
         self.unit = unit
+        self.options = options  # for tqdm, e.g. unit_scale=True for bytes
         self.bar: tqdm | _NullBar | None = None
 
     def __call__(self, done: int, total: int, name: str) -> None:
         if self.bar is None:
-            self.bar = new_bar(total, self.desc, self.unit)
+            self.bar = new_bar(total, self.desc, self.unit, **self.options)
         if total != self.bar.total:
             self.bar.total = total
         if name:

@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchlib import Server  # noqa: E402
 
 from crds_fs.engine.checksum import set_mapping_checksum  # noqa: E402
 
@@ -99,38 +100,6 @@ def make_root(root: Path, big_mb: int, mid_mb: int, entries: int) -> None:
 # --- processes --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    def __init__(self, root: Path, work: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        log = open(work / "serve.log", "ab")  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "crds_fs.cli", "serve", str(root), "--port", str(self.port),
-             "--index", str(work / "serve-index"), "-q"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"crds-fs serve died: see {work / 'serve.log'}")
-            try:
-                body = {"jsonrpc": "1.0", "method": "get_server_info", "params": [], "id": 1}
-                if requests.post(self.url + "/json/", json=body, timeout=120).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.2)
-        raise SystemExit("crds-fs serve did not come up")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
-@dataclass
 class Mount:
     mountpoint: Path
     cache: Path

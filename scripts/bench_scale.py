@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,34 +35,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchlib import Wan  # noqa: E402
+
 from crds_fs.config import parse_size  # noqa: E402
 from tests.helpers import ServerProcess, make_tiny_root  # noqa: E402
 from tests.test_ranges import BIG, write_big_fits  # noqa: E402
-
-
-class Wan:
-    """scripts/wanproxy.py (h8) in front of the server, as a subprocess of its own."""
-
-    def __init__(self, port: int, latency_ms: float, conn_mbps: float,
-                 total_mbps: float) -> None:
-        script = REPO / "scripts" / "wanproxy.py"
-        if not script.exists():
-            raise SystemExit(f"{script} is missing: it comes from the h8-sync branch "
-                             "(scripts/wanproxy.py); merge it or copy it there")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), "--upstream", f"127.0.0.1:{port}", "--latency-ms",
-             str(latency_ms), "--conn-mbps", str(conn_mbps), "--total-mbps", str(total_mbps)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            raise SystemExit(f"wanproxy did not start: {line}{self.proc.stderr.read()}")
-        self.url = "http://" + line.split("listening on ", 1)[1].split(" ")[0]
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGTERM)
-        _out, err = self.proc.communicate(timeout=30)
-        return err.strip()
 
 
 def crds_fs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -32,8 +32,6 @@ import platform
 import random
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,10 +39,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchlib import Server, Wan  # noqa: E402
 
 from crds_fs.bestrefs.sources import folder_source  # noqa: E402
 from crds_fs.engine.checksum import set_mapping_checksum  # noqa: E402
@@ -143,12 +141,6 @@ def write_files(folder: Path, sizes: dict[str, int], seed: int) -> None:
 # --- processes --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRDS_")}
     env["NO_PROXY"] = "127.0.0.1,localhost"
@@ -157,56 +149,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
-
-
-class Server:
-    """`crds-fs serve ROOT` on a free loopback port (hashes ROOT the first time)."""
-
-    def __init__(self, root: Path, work: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        log = open(work / "serve.log", "ab")  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "crds_fs.cli", "serve", str(root), "--port", str(self.port),
-             "--index", str(work / "serve-index"), "-q"], stdout=log, stderr=subprocess.STDOUT,
-            env=clean_env())
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"crds-fs serve died: see {work / 'serve.log'}")
-            try:
-                body = {"jsonrpc": "1.0", "method": "get_server_info", "params": [], "id": 1}
-                if requests.post(self.url + "/json/", json=body, timeout=300).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.2)
-        raise SystemExit("crds-fs serve did not come up")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
-class Wan:
-    """scripts/wanproxy.py in front of the server, as a subprocess of its own."""
-
-    def __init__(self, server: Server, latency_ms: float, conn_mbps: float,
-                 total_mbps: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "scripts" / "wanproxy.py"), "--upstream",
-             f"127.0.0.1:{server.port}", "--listen", "127.0.0.1:0", "--latency-ms",
-             str(latency_ms), "--conn-mbps", str(conn_mbps), "--total-mbps", str(total_mbps)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            raise SystemExit(f"wanproxy did not start: {line}{self.proc.stderr.read()}")
-        self.url = "http://" + line.split("listening on ", 1)[1].split(" ")[0]
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGTERM)
-        _out, err = self.proc.communicate(timeout=30)
-        return err.strip()
 
 
 @dataclass
@@ -351,12 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(sizes.values())
         print(f"data: {mappings} mappings, {len(sizes)} references, {human(total)} in "
               f"{time.monotonic() - started:.0f} s ({root})", flush=True)
-        server = Server(root, work)
+        server = Server(root, work, env=clean_env())
         print(f"server: {server.url} ready after {time.monotonic() - started:.0f} s", flush=True)
         loads = [os.getloadavg()[0]]
         runs: list[Run] = []
         for network in args.networks.split(","):
-            wan = Wan(server, args.latency_ms, args.conn_mbps, args.total_mbps) \
+            wan = Wan(server.port, args.latency_ms, args.conn_mbps, args.total_mbps) \
                 if network == "wan" else None
             url = wan.url if wan else server.url
             try:

@@ -21,7 +21,7 @@ import click
 
 from ..config import OBSERVATORIES, Settings
 from ..errors import ConfigError
-from ..progress import new_bar
+from ..progress import ProgressBar
 from . import cli
 
 #: How long `cache status` waits for a mount's .crds-fs/stats (a wedged daemon must not
@@ -267,26 +267,6 @@ def pins_command(cache_path: Path | None, server_url: str | None, observatory: s
 # --- verify ----------------------------------------------------------------------------------
 
 
-class _BytesBar:
-    """Progress over bytes on stderr (only when it is a terminal, as crds_fs.progress)."""
-
-    def __init__(self, desc: str) -> None:
-        self.desc = desc
-        self.bar: Any = None
-
-    def __call__(self, done: int, total: int, name: str) -> None:
-        if self.bar is None:
-            self.bar = new_bar(total, self.desc, unit="B", unit_scale=True,
-                               unit_divisor=1024)
-        if name:
-            self.bar.set_postfix_str(name, refresh=False)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 @cache_group.command("verify")
 @click.option("--repair", is_flag=True,
               help="Move bad files to <cache>/quarantine/ and download them again.")
@@ -307,7 +287,7 @@ def verify_command(repair: bool, delete: bool, no_fetch: bool, cache_path: Path 
 
     if (delete or no_fetch) and not repair:
         raise click.UsageError("--delete and --no-fetch go with --repair")
-    bar = _BytesBar("verifying")
+    bar = ProgressBar("verifying", unit="B", unit_scale=True, unit_divisor=1024)
     try:
         with opened(cache_path, server_url, observatory,
                     offline=not (repair and not no_fetch)) as cache:
