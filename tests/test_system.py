@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from crds_fs.cli.fstab import FstabError, is_mount_form, translate
-from tests.mounting import fuse_available, is_mounted, pid_alive
+from tests.mounting import fuse_available, is_mounted, pid_alive, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
@@ -242,3 +242,38 @@ def test_status_reports_a_stopped_daemon_bounded(mounter, demo_server) -> None:
     assert rows[str(mount.mountpoint)]["state"] == "error"
     assert "not answering" in rows[str(mount.mountpoint)]["error"]
     assert result.returncode == 1
+
+
+# --- foreground under systemd: logs to the journal stream -----------------------------------
+
+
+def test_foreground_logs_journal_style_when_stderr_is_journal_stream(
+        mounter, demo_server, tmp_path: Path) -> None:
+    """As `Type=simple` + `crds-fs mount --foreground` under systemd: stderr is the journal
+    (JOURNAL_STREAM names it), so lines carry `<N>` priorities and no timestamps, and no
+    log file is needed."""
+    mount = mounter(demo_server.url, start=False)
+    mount.mountpoint.mkdir()
+    err_path = tmp_path / "journal.txt"
+    with open(err_path, "wb") as err:
+        st = os.fstat(err.fileno())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRDS_")}
+        env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        proc = subprocess.Popen([sys.executable, "-m", "crds_fs.cli", "mount",
+                                 str(mount.mountpoint), "--foreground", "--server",
+                                 demo_server.url, "--cache", str(mount.cache_dir)],
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        assert wait_until(lambda: mount.path(".crds-fs", "stats").exists(), 60), \
+            err_path.read_text()
+        mount.pid = proc.pid
+        assert mount.umount().returncode == 0
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    lines = [x for x in err_path.read_text().splitlines() if "crds_fs" in x]
+    assert any(x.startswith("<6>INFO crds_fs.mount: mounted ") for x in lines), lines
+    assert all(x[:1] == "<" and x[2:3] == ">" for x in lines), lines  # no timestamps
+    assert not (mount.cache_dir / "logs" / "mount.log").exists()

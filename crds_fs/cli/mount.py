@@ -349,10 +349,12 @@ class _StatusPipe:
 
 def configure_logging(log_file: Path | None, verbose: int) -> None:
     """INFO from crds-fs (mounts, downloads, failures) with times; DEBUG with -vv."""
+    from .journal import stderr_formatter
+
     root = logging.getLogger()
     formatter = logging.Formatter(LOG_FORMAT)
-    for handler in root.handlers:
-        handler.setFormatter(formatter)
+    for handler in root.handlers:  # stderr: under systemd, journal-style (no times)
+        handler.setFormatter(stderr_formatter(formatter))
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file)
