@@ -277,3 +277,36 @@ def test_foreground_logs_journal_style_when_stderr_is_journal_stream(
     assert any(x.startswith("<6>INFO crds_fs.mount: mounted ") for x in lines), lines
     assert all(x[:1] == "<" and x[2:3] == ">" for x in lines), lines  # no timestamps
     assert not (mount.cache_dir / "logs" / "mount.log").exists()
+
+
+# --- the shipped systemd units ------------------------------------------------------------
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="needs systemd-analyze")
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """docs/systemd/ units pass `systemd-analyze verify` (crds-fs's path pointed at an
+    executable here, since /usr/local/bin/crds-fs need not exist on a test machine)."""
+    shim = tmp_path / "crds-fs"
+    shim.write_text("#!/bin/sh\nexit 0\n")
+    shim.chmod(0o755)
+    units = ROOT / "docs" / "systemd"
+    targets = {"crds-fs@.service": "crds-fs@crds.service", "crds.mount": "crds.mount"}
+    for name, target in targets.items():
+        text = (units / name).read_text()
+        assert "/usr/local/bin/crds-fs" in text or name.endswith(".mount")
+        (tmp_path / target).write_text(text.replace("/usr/local/bin/crds-fs", str(shim)))
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", *(str(tmp_path / t)
+                                                          for t in targets.values())],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # the example configuration names only variables crds-fs (or the unit) reads
+    conf = (units / "crds.conf.example").read_text()
+    names = {line.split("=", 1)[0].lstrip("#") for line in conf.splitlines()
+             if "=" in line and not line.startswith("# ")}
+    assert names == {"CRDS_FS_MOUNTPOINT", "CRDS_SERVER_URL", "CRDS_FS_CACHE", "CRDS_CONTEXT",
+                     "CRDS_FS_CACHE_MAX_SIZE", "CRDS_FS_REFRESH", "CRDS_FS_OPTIONS"}
+    source = "".join(p.read_text() for p in (ROOT / "crds_fs").rglob("*.py"))
+    for name in names - {"CRDS_FS_MOUNTPOINT", "CRDS_FS_OPTIONS"}:
+        assert f'"{name}"' in source, name
