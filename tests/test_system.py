@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from crds_fs.cli.fstab import FstabError, is_mount_form, translate
+from crds_fs.cli.mount import mount_source
 from tests.mounting import fuse_available, is_mounted, pid_alive, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +79,15 @@ def test_translate_refuses_what_it_cannot_mean() -> None:
         translate(["http://a", "/m", "extra"])
 
 
+def test_mount_source_shows_the_server_without_credentials() -> None:
+    assert mount_source("https://user:secret@hst-crds.stsci.edu/?token=x") == \
+        "https://hst-crds.stsci.edu"
+    assert mount_source("http://127.0.0.1:8080/hst/") == "http://127.0.0.1:8080/hst"
+    assert mount_source("http://[::1]:9") == "http://[::1]:9"
+    assert mount_source("https://a,b c") == "https://abc"  # nothing -o cannot carry
+    assert mount_source(None) == mount_source("not a url") == "crds-fs"
+
+
 def test_mount_form_error_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "crds_fs.cli", "nourl", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
@@ -105,7 +115,7 @@ def test_mount_form_mounts_with_translated_options(mounter, demo_server, tmp_pat
     assert stats["refresh"]["interval_s"] == 0
     line = next(x for x in Path("/proc/self/mountinfo").read_text().splitlines()
                 if x.split()[4] == str(mountpoint))
-    assert " rw," in line and "nosuid" in line and "fuse.crds-fs" in line
+    assert " rw," in line and "nosuid" in line and f"fuse.crds-fs {demo_server.url} " in line
     assert (tmp_path / "m.log").exists()
 
 
@@ -184,7 +194,8 @@ def test_real_mount8_and_umount(demo_server, tmp_path: Path) -> None:
         report = json.loads(out.read_text())
         detail = json.dumps(report["steps"], indent=1)
         assert report.get("mount_rc") == 0, detail
-        assert any("fuse.crds-fs" in line and " ro," in line and "allow_other" in line
+        assert any(f"fuse.crds-fs {demo_server.url} " in line and " ro," in line
+               and "allow_other" in line
                    for line in report["mountinfo"]), report["mountinfo"]
         assert "header" in report["pmap_head"], report["pmap_head"]
         rc, stdout, stderr = report["other_user"]
