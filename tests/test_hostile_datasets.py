@@ -310,7 +310,7 @@ def test_mount_survives_hostile_datasets(mounter, server, demo_root: Path,
     billion_laughs(folder / "lol_uncal.asdf")
     (tmp_path / "elsewhere").mkdir()
     outside = fits_without_end(tmp_path / "elsewhere" / "h_raw.fits")
-    mount = mounter(server.url, "--datasets", str(folder))
+    mount = mounter(server.url, "--datasets", str(folder), "-o", "rw")
     bestrefs = mount.path("bestrefs")
     assert sorted(os.listdir(bestrefs)) == [GOOD, "lol_uncal", "noend_raw"]
 
@@ -458,7 +458,7 @@ def test_allow_other_only_the_owner_registers(mounter, server, demo_root: Path,
     shutil.copy(demo_root / "datasets" / f"{GOOD}.fits", readable)
     readable.chmod(0o644)
     mountpoint = public_dir / "mnt"
-    mount = mounter(server.url, "-o", "allow_other", mountpoint=mountpoint)
+    mount = mounter(server.url, "-o", "allow_other,rw", mountpoint=mountpoint)
     bestrefs = mount.path("bestrefs")
     os.symlink(readable, bestrefs / "mine")  # the owner (root) registers
 
