@@ -67,6 +67,8 @@ def test_translate_every_crds_option_and_drops_mount8_options() -> None:
 def test_translate_refuses_what_it_cannot_mean() -> None:
     assert not is_mount_form(["mount", "/m"], COMMANDS)
     assert not is_mount_form(["--help"], COMMANDS)
+    assert not is_mount_form(["moutn", "/m"], COMMANDS)  # a typo: click says no such command
+    assert is_mount_form(["hst-crds.stsci.edu", "/m", "-o", "ro"], COMMANDS)
     assert translate(["crds-fs", "/m", "-o", "server=http://a"])[:4] == [
         "mount", "/m", "--server", "http://a"]
     with pytest.raises(FstabError, match="not a server URL"):
@@ -89,7 +91,8 @@ def test_mount_source_shows_the_server_without_credentials() -> None:
 
 
 def test_mount_form_error_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "crds_fs.cli", "nourl", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "crds_fs.cli", "nourl", str(tmp_path),
+                             "-o", "ro"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "not a server URL" in result.stderr and "Traceback" not in result.stderr

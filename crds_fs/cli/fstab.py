@@ -57,10 +57,15 @@ class FstabError(ValueError):
 
 def is_mount_form(argv: list[str], commands: Iterable[str]) -> bool:
     """True for `SOURCE MOUNTPOINT [-o OPTS]`: the first word is neither a subcommand nor
-    an option, and a second positional word follows."""
+    an option, a second positional word follows, and the first is a URL (or `crds-fs`,
+    `none`) or options follow; so a mistyped subcommand (`crds-fs moutn /x`) still gets
+    click's "No such command"."""
     if len(argv) < 2 or argv[0] in set(commands) or argv[0].startswith("-"):
         return False
-    return not argv[1].startswith("-")
+    if argv[1].startswith("-"):
+        return False
+    return ("://" in argv[0] or argv[0] in NO_SOURCE
+            or any(arg.startswith("-o") for arg in argv[2:]))
 
 
 def split_options(argv: list[str]) -> list[str]:
