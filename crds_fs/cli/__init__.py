@@ -85,7 +85,11 @@ _LOG_FILE_TYPE = click.Path(dir_okay=False, path_type=Path)
 @click.version_option(package_name="crds-fs")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, log_file: Path | None) -> None:
-    """crds-fs: CRDS mappings and references as a lazily fetching filesystem."""
+    """crds-fs: CRDS mappings and references as a lazily fetching filesystem.
+
+    Also `crds-fs SOURCE MOUNTPOINT -o OPTIONS`, as mount(8) runs it for
+    `mount -t fuse.crds-fs` and fstab (docs/systemd.md).
+    """
     ctx.meta[_VERBOSE] = verbose
     logging.basicConfig(level=logging.WARNING, format=CONSOLE_FORMAT)
     _set_level(verbose)
