@@ -85,7 +85,11 @@ _LOG_FILE_TYPE = click.Path(dir_okay=False, path_type=Path)
 @click.version_option(package_name="crds-fs")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, log_file: Path | None) -> None:
-    """crds-fs: CRDS mappings and references as a lazily fetching filesystem."""
+    """crds-fs: CRDS mappings and references as a lazily fetching filesystem.
+
+    Also `crds-fs SOURCE MOUNTPOINT -o OPTIONS`, as mount(8) runs it for
+    `mount -t fuse.crds-fs` and fstab (docs/systemd.md).
+    """
     ctx.meta[_VERBOSE] = verbose
     logging.basicConfig(level=logging.WARNING, format=CONSOLE_FORMAT)
     _set_level(verbose)
@@ -111,7 +115,7 @@ def _common_options(command: click.Command) -> None:
 
 def _register() -> None:
     # Imported for their side effect of adding commands to `cli`.
-    from . import bestrefs, cache, demo, mount, refresh, serve, sync  # noqa: F401
+    from . import bestrefs, cache, demo, mount, refresh, serve, status, sync  # noqa: F401
 
     for command in cli.commands.values():
         _common_options(command)
@@ -121,9 +125,22 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point: turn our errors into one clear line and exit status 1."""
+    """Console-script entry point: turn our errors into one clear line and exit status 1.
+
+    mount(8)'s calling form `crds-fs SOURCE MOUNTPOINT -o OPTIONS` (fstab, via
+    mount.fuse3) is rewritten to `crds-fs mount ...` first (see cli/fstab.py).
+    """
+    from . import fstab
+
+    args = sys.argv[1:]
     try:
-        cli.main(standalone_mode=False)
+        if fstab.is_mount_form(args, cli.commands):
+            args = fstab.translate(args)
+    except fstab.FstabError as exc:
+        click.echo(f"crds-fs: error: {exc}", err=True)
+        sys.exit(1)
+    try:
+        cli.main(args=args, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -358,10 +358,12 @@ class _StatusPipe:
 
 def configure_logging(log_file: Path | None, verbose: int) -> None:
     """INFO from crds-fs (mounts, downloads, failures) with times; DEBUG with -vv."""
+    from .journal import stderr_formatter
+
     root = logging.getLogger()
     formatter = logging.Formatter(LOG_FORMAT)
-    for handler in root.handlers:
-        handler.setFormatter(formatter)
+    for handler in root.handlers:  # stderr: under systemd, journal-style (no times)
+        handler.setFormatter(stderr_formatter(formatter))
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file)
@@ -395,6 +397,7 @@ def run_foreground(settings: Settings, mountpoint: Path, *, offline: bool,
     unwatch = watch_sighup(refresher) if refresher is not None else None
     try:
         extra = {k: v for k, v in _parse_fuse_opts(fuse_opts).items() if k not in OUR_FUSE_OPTS}
+        extra.setdefault("fsname", mount_source(settings.server_url))  # df, findmnt, status
         options = fuse_options(extra=extra)
         if options.pop("rw", False):  # -o rw: writable, for `ln -s`/`rm` in bestrefs/ only
             options.pop("ro", None)
@@ -448,6 +451,22 @@ def _prepare(settings: Settings, mountpoint: Path, offline: bool,
     gc.collect()
     gc.freeze()
     return cache, CrdsOperations(source, on_init=ready, readahead_kb=READAHEAD_KB)
+
+
+def mount_source(url: str | None) -> str:
+    """The server as /proc/mounts shows the mount's source (like sshfs's host:path): no
+    credentials (the table is world-readable), no query, no characters -o cannot carry."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url or "")
+    except ValueError:
+        return "crds-fs"
+    if not parts.scheme or not parts.netloc:
+        return "crds-fs"
+    host = parts.netloc.rpartition("@")[2]  # without user:password@
+    text = f"{parts.scheme}://{host}{parts.path}".rstrip("/")
+    return "".join(ch for ch in text if ch.isprintable() and ch not in ", \\\t") or "crds-fs"
 
 
 def _parse_fuse_opts(opts: tuple[str, ...]) -> dict[str, Any]:
