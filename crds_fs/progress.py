@@ -114,3 +114,15 @@ def report(progress: Progress | None, done: int, total: int, name: str = "") -> 
 
 
 __all__ = ["Progress", "ProgressBar", "new_bar", "report", "track"]
+
+
+def human_size(nbytes: int, *, binary: bool = False) -> str:
+    """'38.1 MB' (powers of 1000) or, with *binary*, '36.4 MiB' (powers of 1024)."""
+    base, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else (
+        1000, ("B", "KB", "MB", "GB", "TB"))
+    value = float(nbytes)
+    for unit in units:
+        if value < base or unit == units[-1]:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= base
+    return f"{nbytes} B"

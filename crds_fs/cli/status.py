@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from ..progress import human_size
 from . import cli
 
 FSTYPE = "fuse.crds-fs"
@@ -89,14 +90,7 @@ def summarize(mountpoint: str, stats: dict[str, Any] | None, error: str | None) 
 
 
 def _size(nbytes: Any) -> str:
-    if not isinstance(nbytes, int):
-        return "?"
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{nbytes} B"
+    return human_size(nbytes, binary=True) if isinstance(nbytes, int) else "?"
 
 
 def _interval(seconds: Any) -> str:

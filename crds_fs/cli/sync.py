@@ -29,7 +29,7 @@ import click
 
 from ..config import Settings, parse_size
 from ..errors import ConfigError
-from ..progress import new_bar
+from ..progress import human_size, new_bar
 from ..sync import (
     DEFAULT_JOBS,
     MAX_JOBS,
@@ -143,15 +143,6 @@ class _Bar:
             self.bar = None
 
 
-def _size(nbytes: int) -> str:
-    value = float(nbytes)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{nbytes} B"
-
-
 def _files(count: int) -> str:
     return f"{count} file{'s' * (count != 1)}"
 
@@ -161,14 +152,14 @@ def print_summary(report: SyncReport, mount: Path | None) -> None:
     contexts = ", ".join(report.contexts) or "(no context)"
     click.echo(f"crds-fs sync: {contexts} -> {where}")
     wanted = len(report.wanted)
-    click.echo(f"  wanted          {_files(wanted)}, {_size(report.bytes_of(report.wanted))}")
+    click.echo(f"  wanted          {_files(wanted)}, {human_size(report.bytes_of(report.wanted))}")
     fetched = report.bytes_of(report.fetched)
     if report.dry_run:
-        click.echo(f"  would fetch     {_files(len(report.fetched))}, {_size(fetched)}")
+        click.echo(f"  would fetch     {_files(len(report.fetched))}, {human_size(fetched)}")
     else:
-        rate = (f" in {report.seconds:.1f} s ({_size(int(fetched / report.seconds))}/s)"
+        rate = (f" in {report.seconds:.1f} s ({human_size(int(fetched / report.seconds))}/s)"
                 if report.seconds > 0 and fetched else "")
-        click.echo(f"  fetched         {_files(len(report.fetched))}, {_size(fetched)}{rate}")
+        click.echo(f"  fetched         {_files(len(report.fetched))}, {human_size(fetched)}{rate}")
     click.echo(f"  already cached  {_files(len(report.cached))}")
     if report.repaired:
         verb = "would repair" if report.dry_run else "repaired"
