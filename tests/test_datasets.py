@@ -5,8 +5,10 @@ Real files written with astropy/asdf; the server is a real `crds-fs serve` subpr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +230,26 @@ def test_asdf_values_as_crds_data_file_reads_them(tmp_path: Path,
                         or key.startswith(("ASDF_LIBRARY.", "HISTORY")) or key == "FILE_FORMAT"}
 
 
+def _kept_of_crds(crds_header: dict[str, str]) -> dict[str, str]:
+    """crds' ASDF header without what we leave out: suppressed values, asdf's bookkeeping."""
+    return {key: value for key, value in crds_header.items()
+            if not value.startswith("SUPRESSED_NONSTD_TYPE")
+            and not key.startswith(("ASDF_LIBRARY.", "HISTORY")) and key != "FILE_FORMAT"}
+
+
+def _crds_reads(path: Path) -> dict[str, str]:
+    """The header the installed crds reads from *path* (no server is asked)."""
+    crds_data_file = pytest.importorskip("crds.data_file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dict(crds_data_file.get_free_header(str(path), (), None, "roman"))
+
+
+def _gwcs_installed() -> bool:
+    """gwcs gives asdf a WCS class; only newer stdatamodels pull it in."""
+    return importlib.util.find_spec("gwcs") is not None
+
+
 @pytest.mark.shared
 def test_roman_datasets_read_as_crds_reads_them(shared_data: Path) -> None:
     """The 4 Roman exposures of the shared cases (three written by roman_datamodels with
@@ -244,10 +266,16 @@ def test_roman_datasets_read_as_crds_reads_them(shared_data: Path) -> None:
     for name, case in cases.items():
         path = folder / name
         assert ds.read_header(path, list(case["header"])) == case["header"], name
-        kept = {key: value for key, value in case["crds_header"].items()
-                if not value.startswith("SUPRESSED_NONSTD_TYPE")
-                and not key.startswith(("ASDF_LIBRARY.", "HISTORY")) and key != "FILE_FORMAT"}
-        assert ds.read_header(path) == kept, name
+        whole = ds.read_header(path)
+        assert whole == _kept_of_crds(_crds_reads(path)), name  # crds, this environment
+        kept = _kept_of_crds(case["crds_header"])  # crds 14.0.3 when recorded, with gwcs
+        if not _gwcs_installed():
+            # Without gwcs, asdf (and so crds) sees the WCS as a plain tagged mapping and
+            # flattens it; the recording had one suppressed WCS object there.
+            wcs = tuple(key + "." for key, value in case["crds_header"].items()
+                        if value.startswith("SUPRESSED_NONSTD_TYPE: 'WCS'"))
+            whole = {key: value for key, value in whole.items() if not key.startswith(wcs)}
+        assert whole == kept, name
         for context_name, expected in case["expected"].items():
             try:  # roman_0007.pmap: ChecksumError already when loading, as in crds
                 context = source.load_context(context_name)
