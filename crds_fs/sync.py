@@ -583,7 +583,7 @@ def _fetch_one(cache: FileCache, name: str) -> _Result:
     """Ensure *name* (the fetcher's one download path); never raises for the file."""
     before = _inode(cache.local_path(name))
     try:
-        path = cache.ensure(name)
+        path = cache.ensure(name, inline=True)
         # Same inode: the copy on disk was verified (adopted or already good); a download
         # commits a new file by rename, so a damaged copy fetched again counts as fetched.
         return name, before is not None and before == _inode(path), None

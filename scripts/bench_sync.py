@@ -160,6 +160,8 @@ class Run:
     nbytes: int
     #: CPU seconds (user + system) of the command and its worker processes
     cpu: float = 0.0
+    #: CPU seconds of the server (and the WAN proxy) during the run
+    server_cpu: float = 0.0
 
 
 def children_cpu() -> float:
@@ -247,8 +249,9 @@ def table(runs: list[Run], info: dict[str, str], args: argparse.Namespace,
         f"{CONTEXT} --fetch-references` ({args.jobs} jobs) vs `python -m crds.sync --contexts "
         f"{CONTEXT} --fetch-references`.",
         "",
-        "| network | crds sync | crds-fs sync | speed-up | goal | CPU s crds / crds-fs |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| network | crds sync | crds-fs sync | speed-up | goal | client CPU s crds / crds-fs "
+        "| server CPU s crds / crds-fs |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for network in ("loopback", "wan"):
         got = {r.tool: r for r in runs if r.network == network}
@@ -260,7 +263,8 @@ def table(runs: list[Run], info: dict[str, str], args: argparse.Namespace,
         lines.append(
             f"| {names[network]} | {crds.seconds:.1f} s ({human(nbytes / crds.seconds)}/s) | "
             f"{ours.seconds:.1f} s ({human(nbytes / ours.seconds)}/s) | **{ratio:.2f}x** | "
-            f"≥ {goals[network]}x ({mark}) | {crds.cpu:.0f} / {ours.cpu:.0f} |")
+            f"≥ {goals[network]}x ({mark}) | {crds.cpu:.0f} / {ours.cpu:.0f} | "
+            f"{crds.server_cpu:.0f} / {ours.server_cpu:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -306,15 +310,16 @@ def main(argv: list[str] | None = None) -> int:
                     cache = work / f"cache-{tool}-{network}"
                     shutil.rmtree(cache, ignore_errors=True)
                     log = work / f"{tool}-{network}.log"
-                    cpu = children_cpu()
+                    cpu, served = children_cpu(), server.cpu()
                     if tool == "crds-fs":
                         seconds = run_crds_fs(url, cache, args.jobs, len(sizes), log)
                     else:
                         seconds = run_crds(url, cache, len(sizes), log)
-                    cpu = children_cpu() - cpu
+                    cpu, served = children_cpu() - cpu, server.cpu() - served
                     shutil.rmtree(cache, ignore_errors=True)
-                    runs.append(Run(tool, network, seconds, len(sizes), total, cpu))
-                    print(f"{network:8} {tool:8} {seconds:7.1f} s  (CPU {cpu:.1f} s)", flush=True)
+                    runs.append(Run(tool, network, seconds, len(sizes), total, cpu, served))
+                    print(f"{network:8} {tool:8} {seconds:7.1f} s  (CPU {cpu:.1f} s, server "
+                          f"{served:.1f} s)", flush=True)
             finally:
                 if wan is not None:
                     print(f"wanproxy: {wan.stop()}", flush=True)

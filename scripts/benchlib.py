@@ -4,6 +4,7 @@ this folder (`python scripts/bench_x.py` puts it on sys.path)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -46,6 +47,11 @@ class Server:
             except requests.RequestException:
                 time.sleep(0.2)
         raise SystemExit("crds-fs serve did not come up")
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.terminate()

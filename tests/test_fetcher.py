@@ -371,3 +371,58 @@ def test_in_flight_download_reports_progress(
         assert errors == [] and download.state == "done"
         assert cache.ensure(MID).read_bytes() == contents[MID]
         assert cache.fetcher.in_flight(MID) is None
+
+
+# --- download threads: reused, never waited for -------------------------------------------
+
+
+def test_download_threads_are_reused_and_never_make_a_call_wait() -> None:
+    from crds_fs.cache.fetcher import _Threads
+
+    threads = _Threads("test-threads")
+    threads.idle_timeout = 0.5
+    ran: list[int] = []
+    done = threading.Event()
+
+    def record() -> None:
+        ran.append(threading.get_ident())
+        done.set()
+
+    threads.run(record)
+    assert done.wait(5)
+    deadline = time.monotonic() + 5
+    while threads._idle != 1 and time.monotonic() < deadline:  # until it waits for work
+        time.sleep(0.01)
+    done.clear()
+    threads.run(record)
+    assert done.wait(5)
+    assert ran[0] == ran[1]  # the idle thread took the second call
+    # Calls that block: each gets a thread of its own at once, none waits for another.
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def block() -> None:
+        started.release()
+        release.wait(10)
+
+    for _ in range(6):
+        threads.run(block)
+    for _ in range(6):
+        assert started.acquire(timeout=5), "a call waited for a busy thread"
+    release.set()
+    # Idle threads end after idle_timeout.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+            t.name == "test-threads" for t in threading.enumerate()):
+        time.sleep(0.1)
+    assert not any(t.name == "test-threads" for t in threading.enumerate())
+
+
+def test_commit_renames_are_made_durable_at_close(settings: Settings, proxy: FaultProxy,
+                                                  contents: dict) -> None:
+    """Directories are fsynced once at close (not per file); the files are there after."""
+    with FileCache.open(settings) as cache:
+        path = cache.ensure(MID)
+        assert path.parent in cache.store._unsynced_dirs
+    assert cache.store._unsynced_dirs == set()
+    assert path.read_bytes() == contents[MID]

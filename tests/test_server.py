@@ -260,6 +260,38 @@ def test_symlink_out_of_root_not_served(serve, tmp_path: Path) -> None:
 # --- freshness ------------------------------------------------------------------------------
 
 
+
+def test_small_files_from_memory_and_big_ones_streamed_look_the_same(
+        serve, tmp_path: Path) -> None:
+    """A whole GET of a file up to INLINE_MAX bytes is answered from memory, bigger ones
+    and HEAD/Range are streamed: same bytes, same validators and cache headers."""
+    from crds_fs.server.app import INLINE_MAX
+
+    root = make_tiny_root(tmp_path / "root")
+    sizes = {"sss00001j_drk.fits": INLINE_MAX, "bbb00001j_drk.fits": INLINE_MAX + 1}
+    for number, (name, size) in enumerate(sizes.items()):
+        (root / "references/hst" / name).write_bytes(bytes([number + 1]) * size)
+    server = serve(root, "--index", str(tmp_path / "index"))
+    same = ("etag", "last-modified", "accept-ranges", "cache-control", "content-type",
+            "content-length")
+    for name, size in sizes.items():
+        data = (root / "references/hst" / name).read_bytes()
+        path = f"/unchecked_get/references/hst/{name}"
+        status, whole, body = raw_get(server.port, path)
+        assert status == 200 and body == data and len(body) == size
+        assert whole["etag"] == f'"{sha1(data)}"' and whole["accept-ranges"] == "bytes"
+        status, head, body = raw_get(server.port, path, "HEAD")
+        assert status == 200 and body == b""
+        assert {k: whole[k] for k in same} == {k: head[k] for k in same}, name
+        status, ranged, body = raw_get(server.port, path, headers={"Range": "bytes=10-19"})
+        assert status == 206 and body == data[10:20] and ranged["etag"] == whole["etag"]
+    # A file rewritten after indexing is re-hashed before it is answered from memory.
+    changed = root / "references/hst/sss00001j_drk.fits"
+    changed.write_bytes(b"y" * 100)
+    status, headers, body = raw_get(server.port, "/unchecked_get/references/hst/"
+                                    "sss00001j_drk.fits")
+    assert status == 200 and body == b"y" * 100 and headers["etag"] == f'"{sha1(body)}"'
+
 def test_index_follows_file_changes(serve, tmp_path: Path) -> None:
     root = make_tiny_root(tmp_path / "root")
     index = tmp_path / "index"

@@ -192,6 +192,7 @@ class FileCache:
             return
         self._closed = True
         self.flush_lookups()
+        self.store.sync_dirs()
         self.client.close()
         self.index.close()
 
@@ -268,7 +269,7 @@ class FileCache:
         return self.local_path(name) if self.is_cached(name) else None
 
     def ensure(self, name: str, *, cancelled: Callable[[], bool] | None = None,
-               deadline: float | None = None) -> Path:
+               deadline: float | None = None, inline: bool = False) -> Path:
         """Path of the verified file *name*, downloaded once if needed (blocks).
 
         Raises UnknownFileError (not in the catalog; no network used), OfflineError (not
@@ -277,7 +278,8 @@ class FileCache:
         OpenTimeoutError / OpenInterruptedError (the download goes on for other waiters).
         """
         for _attempt in range(3):
-            path = self.fetcher.ensure(name, cancelled=cancelled, deadline=deadline)
+            path = self.fetcher.ensure(name, cancelled=cancelled, deadline=deadline,
+                                       inline=inline)
             if self._on_disk_good(name, path):
                 self.record_use(name)
                 if time.monotonic() >= self._lookups_flush_at:
@@ -631,12 +633,17 @@ class FileCache:
             return self._trim(need, keep)
 
     def _trim(self, need: int, keep: str | None) -> int:
-        _count, total = self.index.totals()
         free, disk = self.store.disk_space()
         floor = self.min_free_bytes(disk)
         limit = self.max_bytes or 0
-        if (not limit or total <= limit) and (not floor or free - need >= floor):
-            return 0
+        if not floor or free - need >= floor:
+            if not limit:  # the common case: no size limit, room on disk; no index query
+                return 0
+            _count, total = self.index.totals()
+            if total <= limit:
+                return 0
+        else:
+            _count, total = self.index.totals()
         protected = self.pinned() | self.index.pinned_names()
         if keep:
             protected.add(keep)

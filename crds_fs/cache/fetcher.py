@@ -13,13 +13,14 @@ with a byte range, or restarted; a body whose sha1 is wrong is fetched again, wh
 are left).  A process waiting for another one's download gives up when the temp file stops
 growing for longer than the downloader could legitimately stall.
 
-The transfer runs in a background thread of its own; every caller, the first included,
-only waits for it.  So a waiter can leave at any moment without stopping the others: at
-its deadline (`OpenTimeoutError`, the download goes on and a later open finds it done or
-joins it) or when `cancelled()` says its reader was interrupted (`OpenInterruptedError`;
-when no waiter is left the download is cancelled, since nobody wants it any more).  The
-FUSE glue passes libfuse's `fuse_interrupted()` as `cancelled`, so a reader killed in
-open() returns at once instead of sitting in D state until the server gives up.
+The transfer runs in a background thread of its own (`_Threads` keeps finished ones for
+the next download); every caller, the first included, only waits for it.  So a waiter
+can leave at any moment without stopping the others: at its deadline (`OpenTimeoutError`,
+the download goes on and a later open finds it done or joins it) or when `cancelled()`
+says its reader was interrupted (`OpenInterruptedError`; when no waiter is left the
+download is cancelled, since nobody wants it any more).  The FUSE glue passes libfuse's
+`fuse_interrupted()` as `cancelled`, so a reader killed in open() returns at once instead
+of sitting in D state until the server gives up.
 
 Hooks for later issues (not used yet):
 
@@ -240,6 +241,7 @@ class Fetcher:
         self.counters = {"downloads": 0, "failures": 0, "bytes": 0, "adopted": 0,
                          "hits": 0, "misses": 0}
         self._counter_lock = threading.Lock()
+        self._threads = _Threads("crds-fs-fetch")
 
     # --- public ---------------------------------------------------------------------------
 
@@ -292,12 +294,14 @@ class Fetcher:
             return len(self._inflight)
 
     def ensure(self, name: str, *, cancelled: Callable[[], bool] | None = None,
-               deadline: float | None = None) -> Path:
+               deadline: float | None = None, inline: bool = False) -> Path:
         """Path of the verified file *name*, downloading it once if needed.
 
         Blocks until done, or until *deadline* (a time.monotonic() value:
         OpenTimeoutError) or until *cancelled()* is true (OpenInterruptedError); see the
-        module doc for what happens to the download then.
+        module doc for what happens to the download then.  *inline*: a caller that
+        never leaves early (no deadline, nothing to cancel it: `crds-fs sync`'s workers)
+        runs a download it leads in its own thread, saving the hand-over to another one.
         """
         info = self.info(name)
         self._refuse_conflict(name)
@@ -316,9 +320,10 @@ class Fetcher:
                                         self.store.part_path(name))
                     self._inflight[name] = download
                 download.join()
-            if leader:
-                threading.Thread(target=self._lead, args=(download, info), daemon=True,
-                                 name=f"crds-fs-fetch {name}").start()
+            if leader and inline and deadline is None and cancelled is None:
+                self._lead(download, info)
+            elif leader:
+                self._threads.run(self._lead, download, info)
             try:
                 return download.wait(cancelled, deadline, deadline_s)
             except DownloadCancelled:
@@ -659,6 +664,59 @@ class Fetcher:
             data: dict[str, Any] = dict(self.counters)
         data["in_flight"] = self.in_flight_count()
         return data
+
+
+class _Threads:
+    """Daemon threads that run one call each, kept for the next call while they idle.
+
+    Why not a new thread per download: besides starting the thread, the index (diskcache)
+    opens one SQLite connection per thread, with its pragmas, so a sync of thousands of
+    small files spent more on that than on the download itself.  Why not a
+    ThreadPoolExecutor: its threads are joined at interpreter exit, so a process ending
+    (an unmount) would wait for downloads nobody wants any more; and a bounded pool would
+    make a download wait for a free thread, unbounded.  A call never waits here: an idle
+    thread takes it or a new one starts.  A thread idle for `idle_timeout` seconds ends.
+
+    ``idle`` counts the threads waiting for work minus the calls queued for them, so a
+    call queued always has a waiting thread, and a thread whose wait timed out leaves only
+    when no queued call counts on it.
+    """
+
+    idle_timeout = 30.0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._calls: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            queue.SimpleQueue())
+
+    def run(self, call: Callable[..., None], *args: Any) -> None:
+        """Run ``call(*args)`` in one of the threads, now."""
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                self._calls.put((call, args))
+                return
+        threading.Thread(target=self._serve, args=(call, args), daemon=True,
+                         name=self.name).start()
+
+    def _serve(self, call: Callable[..., None], args: tuple[Any, ...]) -> None:
+        while True:
+            try:
+                call(*args)
+            except BaseException:  # noqa: BLE001 - a bug in one call must not end the thread
+                log.exception("unexpected error in a %s thread", self.name)
+            with self._lock:
+                self._idle += 1
+            try:
+                call, args = self._calls.get(timeout=self.idle_timeout)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # no queued call counts on this thread: leave
+                        self._idle -= 1
+                        return
+                call, args = self._calls.get()  # queued for this thread just now
 
 
 class _Sink:

@@ -139,11 +139,14 @@ def serve(root: Path, host: str, port: int, observatory: str | None, datasets: P
     app = create_app(store, options, guard)
     # log_config=None: uvicorn's own warnings go through our (timestamped, escaping) handlers.
     # proxy_headers=False: the guard matches requests to connections by the peer address.
+    # h11 and the asyncio loop, never uvicorn's "auto" choice: with httptools installed the
+    # request head would have no size limit (docs/limits.md), and the guard's transport
+    # handling is written for asyncio's transports, not uvloop's.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             log_config=None, lifespan="off", timeout_graceful_shutdown=5,
-                            server_header=False, proxy_headers=False,
+                            server_header=False, proxy_headers=False, loop="asyncio",
                             backlog=_backlog(guard.max_connections),
-                            http=guard.protocol(import_from_string(HTTP_PROTOCOLS["auto"])))
+                            http=guard.protocol(import_from_string(HTTP_PROTOCOLS["h11"])))
     click.echo(f"crds-fs serve: {store.root} ({', '.join(store.observatories)}) on "
                f"http://{host}:{port}/ (at most {guard.max_connections} connections)",
                err=True)
