@@ -7,16 +7,20 @@ reuses the fixtures defined here).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from crds_fs.cache import FileCache, NameLock
+from crds_fs.cache.store import LOCK_FILE
 from crds_fs.config import Settings
 from crds_fs.errors import OfflineError, UnknownFileError
 from tests.faultproxy import FaultProxy
@@ -95,8 +99,8 @@ def cache(settings: Settings) -> Iterator[FileCache]:
 
 
 def tmp_leftovers(cache_dir: Path) -> list[str]:
-    """Anything left in <cache>/tmp (temp or lock files)."""
-    return sorted(os.listdir(cache_dir / "tmp"))
+    """Anything left in <cache>/tmp but its one lock file (temp files, old lock files)."""
+    return sorted(n for n in os.listdir(cache_dir / "tmp") if n != LOCK_FILE)
 
 
 # --- downloads and layout ----------------------------------------------------------------
@@ -288,17 +292,22 @@ def test_open_clears_stale_temps_but_not_live_ones(settings: Settings) -> None:
         pass
     tmp = Path(settings.cache_dir) / "tmp"
     (tmp / "dead00001j_bia.fits.part").write_bytes(b"half a file")
-    (tmp / "dead00002j_bia.fits.lock").write_bytes(b"")
-    live = NameLock(tmp / "live00003j_bia.fits.lock")
+    (tmp / "dead00002j_bia.fits.lock").write_bytes(b"")  # an older version's lock file
+    old_live = tmp / "live00004j_bia.fits.lock"  # ... held by an older version: kept
+    old_live.write_bytes(b"")
+    old_fd = os.open(old_live, os.O_RDONLY)
+    fcntl.flock(old_fd, fcntl.LOCK_EX)
+    live = NameLock(tmp / LOCK_FILE, "live00003j_bia.fits")
     assert live.try_acquire()  # a download in progress elsewhere
     (tmp / "live00003j_bia.fits.part").write_bytes(b"in progress")
     try:
         with FileCache.open(settings):
             pass
         assert tmp_leftovers(Path(settings.cache_dir)) == [
-            "live00003j_bia.fits.lock", "live00003j_bia.fits.part"]
+            "live00003j_bia.fits.part", "live00004j_bia.fits.lock"]
     finally:
         live.release()
+        os.close(old_fd)
     with FileCache.open(settings):
         pass
     assert tmp_leftovers(Path(settings.cache_dir)) == []
@@ -361,3 +370,34 @@ def test_cache_dir_is_a_crds_cache(cache: FileCache, settings: Settings) -> None
     assert "download_metadata" not in info
     assert (config / "ref_cache_subdir_mode").read_text().strip() == "flat"
     assert tmp_leftovers(Path(settings.cache_dir)) == []
+
+
+def test_name_locks_exclude_each_other_not_other_names(tmp_path: Path) -> None:
+    """One lock file for every name: a name's lock excludes a second holder (another
+    descriptor, as another thread or process would use), never another name, and is
+    free again once released; no file per name is created."""
+    lock_file = tmp_path / LOCK_FILE
+    first = NameLock(lock_file, "aaa00001j_bia.fits")
+    assert first.try_acquire()
+    assert not NameLock(lock_file, "aaa00001j_bia.fits").try_acquire()
+    other = NameLock(lock_file, "aaa00002j_bia.fits")
+    assert other.try_acquire()
+    first.release()
+    again = NameLock(lock_file, "aaa00001j_bia.fits")
+    assert again.try_acquire()
+    again.release()
+    other.release()
+    assert sorted(os.listdir(tmp_path)) == [LOCK_FILE]
+    # A lock held by another process excludes this one until that process is gone.
+    script = ("import sys, time; from pathlib import Path; from crds_fs.cache import NameLock;"
+              f"lock = NameLock(Path({str(lock_file)!r}), 'aaa00001j_bia.fits');"
+              "assert lock.try_acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert not NameLock(lock_file, "aaa00001j_bia.fits").try_acquire()
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert NameLock(lock_file, "aaa00001j_bia.fits").try_acquire()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from crds_fs.cache import FileCache, NameLock
+from crds_fs.cache.store import LOCK_FILE
 from crds_fs.config import Settings
 from crds_fs.errors import DownloadError, OfflineError, VerificationError
 from tests import test_cache as common
@@ -179,7 +180,7 @@ def test_waiting_for_a_stuck_process_is_bounded(proxy: FaultProxy, tmp_path: Pat
     with FileCache.open(settings) as cache:
         cache.fetcher.stall_margin = 0.5
         # Another "process" holds the lock of MID and its temp file never grows.
-        stuck = NameLock(cache.store.tmp_dir / f"{MID}.lock")
+        stuck = NameLock(cache.store.tmp_dir / LOCK_FILE, MID)
         assert stuck.try_acquire()
         cache.store.part_path(MID).write_bytes(b"x")
         try:

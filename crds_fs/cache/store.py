@@ -17,9 +17,11 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import pprint
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,10 @@ log = logging.getLogger("crds_fs.cache")
 #: Directory of each file kind in a CRDS cache layout.
 KIND_DIRS = {"mapping": "mappings", "reference": "references", "config": "config"}
 PART_SUFFIX = ".part"
+#: per-name lock files of earlier crds-fs versions; removed by `clear_stale`
 LOCK_SUFFIX = ".lock"
+#: the file in tmp/ whose byte ranges are the name locks (`NameLock`)
+LOCK_FILE = "locks"
 #: Read-only: nothing may change a verified file in place (crds, the mount, a user).
 FILE_MODE = 0o444
 #: sync_file_range(2) flag: start writeback of the range's dirty pages, do not wait
@@ -54,15 +59,27 @@ _sync_file_range = _load_sync_file_range()
 
 
 class NameLock:
-    """Exclusive, process-shared lock on one file name (flock on `tmp/<name>.lock`).
+    """Exclusive, process-shared lock on one file name: a one-byte range of `tmp/locks`.
 
-    The lock file is unlinked by its holder on release, so `tmp/` does not fill up with
-    lock files; an acquirer therefore checks that the file it locked is still the one at
-    the path (else it locked a dead inode and tries again).
+    Why not a lock file per name (flock on ``tmp/<name>.lock``, created and unlinked per
+    download, as before): ext4 looks at every recently deleted inode of a block group when
+    it allocates a new one, so thousands of short-lived lock files made each create slower
+    than the last; in a sync of ~4,000 files that was a fifth of the client's CPU.  Open
+    file description locks (``F_OFD_SETLK``) on one byte per name, at an offset hashed
+    from the name (62 bits: a collision is never expected), keep flock's semantics: the
+    lock belongs to this object's descriptor, so two threads (or two FileCaches) of one
+    process exclude each other like two processes do, and the kernel drops the lock when
+    the holder dies.  The lock file is created once and never removed.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    #: struct flock on Linux (l_type, l_whence, pad, l_start, l_len, l_pid, pad)
+    _FLOCK = struct.Struct("hh4xqqi4x")
+
+    def __init__(self, lock_file: Path, name: str) -> None:
+        self.path = lock_file
+        self.name = name
+        digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8)
+        self.offset = int.from_bytes(digest.digest(), "big") >> 2
         self._fd: int | None = None
 
     @property
@@ -72,31 +89,23 @@ class NameLock:
     def try_acquire(self) -> bool:
         """Take the lock if nobody holds it; never blocks."""
         if self._fd is not None:
-            raise RuntimeError(f"lock {self.path} is already held by this object")
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    return False
-                raise
-            try:
-                current = os.stat(self.path).st_ino
-            except FileNotFoundError:
-                current = None
-            if current == os.fstat(fd).st_ino:
-                self._fd = fd
-                return True
-            os.close(fd)  # the holder before us unlinked it: lock the new one
+            raise RuntimeError(f"the lock of {self.name} is already held by this object")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        request = self._FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, self.offset, 1, 0)
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self._fd = fd
+        return True
 
     def release(self) -> None:
-        """Unlink the lock file, then drop the lock (in that order: see the class doc)."""
+        """Drop the lock (closing its descriptor releases it)."""
         if self._fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
         os.close(self._fd)
         self._fd = None
 
@@ -138,7 +147,7 @@ class FileStore:
         return self.tmp_dir / (name + PART_SUFFIX)
 
     def lock(self, name: str) -> NameLock:
-        return NameLock(self.tmp_dir / (name + LOCK_SUFFIX))
+        return NameLock(self.tmp_dir / LOCK_FILE, name)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -269,21 +278,23 @@ class FileStore:
     # --- maintenance ----------------------------------------------------------------------
 
     def clear_stale(self) -> int:
-        """Delete temp and lock files of downloads whose process is gone; returns how many.
+        """Delete temp files of downloads whose process is gone; returns how many.
 
         Only `tmp/` is listed (it holds just the downloads in progress), never the big
         mappings/references directories.  A name whose lock is held belongs to a live
-        download (here or in another process) and is left alone.
+        download (here or in another process) and is left alone.  Per-name lock files of
+        older versions (``<name>.lock``) are removed when nobody holds them.
         """
         removed = 0
         try:
             entries = os.listdir(self.tmp_dir)
         except FileNotFoundError:
             return 0
-        names = {e[: -len(PART_SUFFIX)] for e in entries if e.endswith(PART_SUFFIX)}
-        names |= {e[: -len(LOCK_SUFFIX)] for e in entries if e.endswith(LOCK_SUFFIX)}
-        for name in names:
-            lock = NameLock(self.tmp_dir / (name + LOCK_SUFFIX))
+        for entry in entries:
+            if entry.endswith(LOCK_SUFFIX):
+                _remove_unlocked(self.tmp_dir / entry)
+        for name in {e[: -len(PART_SUFFIX)] for e in entries if e.endswith(PART_SUFFIX)}:
+            lock = self.lock(name)
             if not lock.try_acquire():
                 continue
             try:
@@ -294,6 +305,22 @@ class FileStore:
             finally:
                 lock.release()
         return removed
+
+
+def _remove_unlocked(path: Path) -> None:
+    """Unlink an old-style lock file unless some process holds its flock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    except OSError:
+        pass  # held: an older crds-fs is downloading that name right now
+    finally:
+        os.close(fd)
 
 
 def file_stamp(st: os.stat_result) -> str:
