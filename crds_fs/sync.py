@@ -581,24 +581,14 @@ _Result = tuple[str, bool, "str | None"]
 
 def _fetch_one(cache: FileCache, name: str) -> _Result:
     """Ensure *name* (the fetcher's one download path); never raises for the file."""
-    before = _inode(cache.local_path(name))
     try:
-        path = cache.ensure(name, inline=True)
-        # Same inode: the copy on disk was verified (adopted or already good); a download
-        # commits a new file by rename, so a damaged copy fetched again counts as fetched.
-        return name, before is not None and before == _inode(path), None
+        _path, fetched = cache.fetch(name)
+        return name, not fetched, None
     except CrdsFsError as exc:
         return name, False, str(exc)
     except Exception as exc:  # noqa: BLE001 - one file's bug must not stop the rest
         log.exception("unexpected error fetching %s", name)
         return name, False, f"{type(exc).__name__}: {exc}"
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
 
 
 class _Pool:

@@ -269,7 +269,7 @@ class FileCache:
         return self.local_path(name) if self.is_cached(name) else None
 
     def ensure(self, name: str, *, cancelled: Callable[[], bool] | None = None,
-               deadline: float | None = None, inline: bool = False) -> Path:
+               deadline: float | None = None) -> Path:
         """Path of the verified file *name*, downloaded once if needed (blocks).
 
         Raises UnknownFileError (not in the catalog; no network used), OfflineError (not
@@ -277,14 +277,25 @@ class FileCache:
         CacheFullError (disk full), and with *deadline* (time.monotonic()) / *cancelled*
         OpenTimeoutError / OpenInterruptedError (the download goes on for other waiters).
         """
+        return self._checked(name, lambda: (self.fetcher.ensure(
+            name, cancelled=cancelled, deadline=deadline), False))[0]
+
+    def fetch(self, name: str) -> tuple[Path, bool]:
+        """`ensure` for `crds-fs sync`: downloads in the calling thread, and says whether
+        this call downloaded the file (see `Fetcher.fetch`); the same errors."""
+        return self._checked(name, lambda: self.fetcher.fetch(name))
+
+    def _checked(self, name: str, obtain: Callable[[], tuple[Path, bool]]
+                 ) -> tuple[Path, bool]:
+        fetched = False
         for _attempt in range(3):
-            path = self.fetcher.ensure(name, cancelled=cancelled, deadline=deadline,
-                                       inline=inline)
+            path, this_time = obtain()
+            fetched = fetched or this_time
             if self._on_disk_good(name, path):
                 self.record_use(name)
                 if time.monotonic() >= self._lookups_flush_at:
                     self.flush_lookups()
-                return path
+                return path, fetched
         raise DownloadError(f"'{name}' kept changing in the cache {self.store.root} while it "
                             "was being fetched (another program writes there?)")
 

@@ -117,6 +117,8 @@ class Download:
         self.waiters = 0
         #: set when the last waiter was interrupted: the leader stops at its next check
         self.cancel_requested = False
+        #: True once the bytes were downloaded and committed (not cached, not adopted)
+        self.committed = False
 
     def __repr__(self) -> str:
         return f"Download({self.name!r}, {self.state}, {self.bytes_written}/{self.size})"
@@ -294,21 +296,30 @@ class Fetcher:
             return len(self._inflight)
 
     def ensure(self, name: str, *, cancelled: Callable[[], bool] | None = None,
-               deadline: float | None = None, inline: bool = False) -> Path:
+               deadline: float | None = None) -> Path:
         """Path of the verified file *name*, downloading it once if needed.
 
         Blocks until done, or until *deadline* (a time.monotonic() value:
         OpenTimeoutError) or until *cancelled()* is true (OpenInterruptedError); see the
-        module doc for what happens to the download then.  *inline*: a caller that
-        never leaves early (no deadline, nothing to cancel it: `crds-fs sync`'s workers)
-        runs a download it leads in its own thread, saving the hand-over to another one.
+        module doc for what happens to the download then.
         """
+        return self._ensure(name, cancelled, deadline, inline=False)[0]
+
+    def fetch(self, name: str) -> tuple[Path, bool]:
+        """`ensure` for a caller that never leaves early (`crds-fs sync`'s workers): a
+        download it leads runs in its own thread, saving the hand-over to another one;
+        returns (path, True when this call downloaded the file; False when it was cached,
+        adopted, or downloaded by another thread or process)."""
+        return self._ensure(name, None, None, inline=True)
+
+    def _ensure(self, name: str, cancelled: Callable[[], bool] | None,
+                deadline: float | None, *, inline: bool) -> tuple[Path, bool]:
         info = self.info(name)
         self._refuse_conflict(name)
         path = self.lookup(name, info)
         if path is not None:
             self._count("hits", 1)
-            return path
+            return path, False
         self._count("misses", 1)
         deadline_s = 0.0 if deadline is None else max(0.0, deadline - time.monotonic())
         for attempt in range(2):
@@ -320,12 +331,13 @@ class Fetcher:
                                         self.store.part_path(name))
                     self._inflight[name] = download
                 download.join()
-            if leader and inline and deadline is None and cancelled is None:
+            if leader and inline:
                 self._lead(download, info)
             elif leader:
                 self._threads.run(self._lead, download, info)
             try:
-                return download.wait(cancelled, deadline, deadline_s)
+                path = download.wait(cancelled, deadline, deadline_s)
+                return path, leader and download.committed
             except DownloadCancelled:
                 # we joined a flight whose last reader had just been interrupted
                 if attempt:
@@ -453,6 +465,7 @@ class Fetcher:
                 log.debug("%s: the server publishes no sha1; only its size was checked", name)
             committing = time.monotonic()
             final = self.store.commit(part, fd, name)
+            download.committed = True
             log.debug("%s: committed (fsync, rename) in %.2fs", name,
                       time.monotonic() - committing)
         except BaseException as exc:
