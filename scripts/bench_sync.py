@@ -328,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(text)
         if args.write_doc:
-            DOC.write_text("# Sync benchmark\n\n" + text + DOC_TAIL)
+            # the hand-written sections (from the first "### " heading on) are kept
+            old = DOC.read_text() if DOC.exists() else ""
+            kept = old[old.index("\n### "):] if "\n### " in old else ""
+            DOC.write_text("# Sync benchmark\n\n" + text + DOC_TAIL + kept)
             print(f"wrote {DOC}")
     finally:
         if server is not None:
