@@ -252,8 +252,8 @@ def _with_max_size(settings: Settings, size: str | int | None) -> Settings:
 
 
 def resolve_settings(*, server: str | None = None, cache_dir: str | Path | None = None,
-                     mount: str | Path | None = None,
-                     observatory: str | None = None) -> Settings:
+                     mount: str | Path | None = None, observatory: str | None = None,
+                     proxy: str | None = None) -> Settings:
     """Settings from the environment, the arguments on top, and a mount's own server,
     cache and observatory for what the arguments leave open."""
     if mount is not None:
@@ -261,7 +261,8 @@ def resolve_settings(*, server: str | None = None, cache_dir: str | Path | None 
         server = server or facts.get("server")
         cache_dir = cache_dir or facts.get("cache_dir")
         observatory = observatory or facts.get("observatory")
-    return Settings.from_env(server_url=server, cache_dir=cache_dir, observatory=observatory)
+    return Settings.from_env(server_url=server, cache_dir=cache_dir, observatory=observatory,
+                             proxy=proxy)
 
 
 # --- module-level functions on shared sessions ---------------------------------------------
@@ -273,7 +274,7 @@ _sessions_lock = threading.Lock()
 def session(*, server: str | None = None, cache_dir: str | Path | None = None,
             mount: str | Path | None = None, observatory: str | None = None,
             offline: bool = False, engine: str = "auto",
-            cache_max_size: str | int | None = None) -> Session:
+            cache_max_size: str | int | None = None, proxy: str | None = None) -> Session:
     """The shared Session for these arguments (opened on first use, closed at exit).
 
     Sessions are shared per effective settings (environment included), so a changed
@@ -281,10 +282,12 @@ def session(*, server: str | None = None, cache_dir: str | Path | None = None,
     """
     mount_path = Path(mount).resolve() if mount is not None else None
     settings = _with_max_size(resolve_settings(server=server, cache_dir=cache_dir,
-                                               mount=mount_path, observatory=observatory),
+                                               mount=mount_path, observatory=observatory,
+                                               proxy=proxy),
                               cache_max_size)
     key = (settings.server_url, str(Path(settings.cache_dir).resolve()), settings.observatory,
-           str(mount_path) if mount_path else None, offline, engine, settings.cache_max_bytes)
+           str(mount_path) if mount_path else None, offline, engine, settings.cache_max_bytes,
+           settings.proxy)
     with _sessions_lock:
         found = _sessions.get(key)
         if found is None:

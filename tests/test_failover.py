@@ -7,7 +7,10 @@ also checked with an explicit clock (they are pure logic).
 from __future__ import annotations
 
 import errno
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,3 +226,25 @@ def test_dead_proxy_is_named(two_servers, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # exempt: the proxy is not used at all
     with CrdsClient(primary.url, retries=0, proxy=dead) as client:
         assert client.get_server_info()["observatory"] == "hst"
+
+
+@pytest.mark.parametrize("command", ["sync", "bestrefs"])
+def test_sync_and_bestrefs_take_proxy(two_servers, tmp_path: Path, command: str) -> None:
+    """`--proxy` on sync and bestrefs reaches their client, as on mount (NO_PROXY applies)."""
+    _root, (primary, _secondary) = two_servers
+    dead = f"http://127.0.0.1:{free_port()}"
+    args = {"sync": ["--cache", str(tmp_path / "cache"), "--contexts", "hst_0001.pmap"],
+            "bestrefs": ["--remote", "--context", "hst_0001.pmap", str(tmp_path / "x.json")]}
+    env = {**os.environ, "NO_PROXY": "", "no_proxy": "", "CRDS_FS_RETRIES": "0",
+           "CRDS_FS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "crds_fs.cli", command, "--server",
+                           primary.url, "--proxy", dead, *args[command]],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    assert f"the HTTP proxy {dead} failed" in done.stderr
+    if command == "sync":  # exempted by NO_PROXY: the proxy is not used at all
+        done = subprocess.run([sys.executable, "-m", "crds_fs.cli", command, "--server",
+                               primary.url, "--proxy", dead, *args[command]],
+                              capture_output=True, text=True, timeout=120,
+                              env={**env, "NO_PROXY": "127.0.0.1"})
+        assert done.returncode == 0, done.stderr

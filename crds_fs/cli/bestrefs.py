@@ -291,7 +291,7 @@ def _cache_references(items: list[Item], context: str,
     from ..api import close_sessions, session
 
     cache = session(server=settings.server_url, cache_dir=settings.cache_dir,
-                    observatory=settings.observatory)
+                    observatory=settings.observatory, proxy=settings.proxy)
     numbers = [number for number, item in enumerate(items) if item.error is None]
     wanted = [{t: v for t, v in (items[n].bestrefs or {}).items() if isinstance(v, str)}
               for n in numbers]
@@ -318,6 +318,9 @@ def _cache_references(items: list[Item], context: str,
                                  "(DIR/mappings/<obs>/, bad files from DIR/config/<obs>/).")
 @click.option("--server", default=None, metavar="URL",
               help="CRDS server (real or `crds-fs serve`) [default: $CRDS_SERVER_URL].")
+@click.option("--proxy", default=None, metavar="URL",
+              help="HTTP proxy / site cache for the server (NO_PROXY applies) "
+                   "[default: $CRDS_FS_PROXY, else $HTTP_PROXY/$HTTPS_PROXY].")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="crds-fs cache folder, for --cache-references and for "
                                  "--local without --mappings "
@@ -337,7 +340,7 @@ def _cache_references(items: list[Item], context: str,
 @click.argument("inputs", nargs=-1, required=True,
                 type=click.Path(dir_okay=False, path_type=Path))
 def bestrefs(context: str | None, mappings: Path | None, server: str | None,
-             cache_dir: Path | None, observatory: str | None, local: bool | None,
+             proxy: str | None, cache_dir: Path | None, observatory: str | None, local: bool | None,
              as_json: bool, allow_bad_references: bool, cache_references: bool,
              inputs: tuple[Path, ...]) -> None:
     """Best references of dataset files (FITS/ASDF), JSON/JSONL header files, or dataset
@@ -349,7 +352,7 @@ def bestrefs(context: str | None, mappings: Path | None, server: str | None,
     could not be used at all); 2 some inputs unreadable (or a usage error).
     """
     settings = Settings.from_env(server_url=server, cache_dir=cache_dir,
-                                 observatory=observatory)
+                                 observatory=observatory, proxy=proxy)
     use_local = local if local is not None else mappings is not None
     if mappings is not None and local is False:
         raise click.UsageError("--mappings is for --local; use --server with --remote")

@@ -208,6 +208,9 @@ def print_summary(report: SyncReport, mount: Path | None) -> None:
                                  "or ~/.cache/crds-fs].")
 @click.option("--server", default=None, metavar="URL",
               help="CRDS server [default: the mount's, else $CRDS_SERVER_URL].")
+@click.option("--proxy", default=None, metavar="URL",
+              help="HTTP proxy / site cache for JSON-RPC and downloads (NO_PROXY applies) "
+                   "[default: $CRDS_FS_PROXY, else $HTTP_PROXY/$HTTPS_PROXY].")
 @click.option("-j", "--jobs", type=click.IntRange(1, MAX_JOBS), default=DEFAULT_JOBS,
               show_default=True, help="Parallel downloads.")
 @click.option("--processes", type=click.IntRange(1, MAX_JOBS), default=None,
@@ -226,8 +229,8 @@ def sync_command(contexts: tuple[str, ...], context_range: str | None, last: int
                  types: tuple[str, ...], dataset_files: tuple[Path, ...],
                  dataset_ids: tuple[str, ...], check_files: bool, check_sha1sum: bool,
                  repair_files: bool, dry_run: bool, cache: Path | None, server: str | None,
-                 jobs: int, processes: int | None, cache_max_size: str | None, pin: bool,
-                 as_json: bool) -> None:
+                 proxy: str | None, jobs: int, processes: int | None,
+                 cache_max_size: str | None, pin: bool, as_json: bool) -> None:
     """Download the mappings (and references) of CRDS contexts into the crds-fs cache,
     in parallel, each verified and committed atomically, as `crds sync` would.
 
@@ -248,6 +251,8 @@ def sync_command(contexts: tuple[str, ...], context_range: str | None, last: int
         settings, mount = _mount_settings(cache, server)
     else:
         settings = Settings.from_env(server_url=server)
+    if proxy is not None:
+        settings = replace(settings, proxy=proxy)
     if cache_max_size is not None:
         settings = replace(settings, cache_max_bytes=parse_size(cache_max_size,
                                                                 what="--cache-max-size"))
