@@ -99,6 +99,13 @@ def cli(ctx: click.Context, verbose: int, log_file: Path | None) -> None:
             attach_log_file(log_file)
 
 
+#: `--proxy URL`, the same on every command that talks to a server (mount, sync, bestrefs)
+proxy_option = click.option(
+    "--proxy", default=None, metavar="URL",
+    help="HTTP proxy / site cache for JSON-RPC and downloads (NO_PROXY applies) "
+         "[default: $CRDS_FS_PROXY, else $HTTP_PROXY/$HTTPS_PROXY].")
+
+
 def _common_options(command: click.Command) -> None:
     """Accept -v/--verbose and --log-file after the subcommand's name too."""
     names = {param.name for param in command.params}

@@ -54,7 +54,7 @@ from ..bestrefs.resolver import (
 from ..config import OBSERVATORIES, Settings
 from ..errors import ConfigError, CrdsFsError, DatasetError, ServerUnreachableError
 from ..progress import ProgressBar, track
-from . import cli
+from . import cli, proxy_option
 
 #: Exit statuses (see the module doc).
 EXIT_OK, EXIT_LOOKUP, EXIT_INPUT = 0, 1, 2
@@ -318,9 +318,7 @@ def _cache_references(items: list[Item], context: str,
                                  "(DIR/mappings/<obs>/, bad files from DIR/config/<obs>/).")
 @click.option("--server", default=None, metavar="URL",
               help="CRDS server (real or `crds-fs serve`) [default: $CRDS_SERVER_URL].")
-@click.option("--proxy", default=None, metavar="URL",
-              help="HTTP proxy / site cache for the server (NO_PROXY applies) "
-                   "[default: $CRDS_FS_PROXY, else $HTTP_PROXY/$HTTPS_PROXY].")
+@proxy_option
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="crds-fs cache folder, for --cache-references and for "
                                  "--local without --mappings "

@@ -33,7 +33,7 @@ import click
 
 from ..config import OBSERVATORIES, Settings, parse_size
 from ..errors import CrdsFsError, MountError
-from . import LOG_FORMAT, cli, verbosity
+from . import LOG_FORMAT, cli, proxy_option, verbosity
 from . import log_file as given_log_file
 
 log = logging.getLogger("crds_fs.mount")
@@ -57,9 +57,7 @@ OUR_FUSE_OPTS = frozenset({"nonempty"})
 @click.option("--server", "server_url", multiple=True, metavar="URL",
               help="CRDS server (real or `crds-fs serve`); repeat for mirrors, tried in order "
                    "on failure [default: $CRDS_SERVER_URL, comma-separated].")
-@click.option("--proxy", default=None, metavar="URL",
-              help="HTTP proxy / site cache for JSON-RPC and downloads (NO_PROXY applies) "
-                   "[default: $CRDS_FS_PROXY, else $HTTP_PROXY/$HTTPS_PROXY].")
+@proxy_option
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Cache folder [default: $CRDS_FS_CACHE or ~/.cache/crds-fs].")
 @click.option("--context", default=None, metavar="NAME|operational",

@@ -39,7 +39,7 @@ from ..sync import (
     SyncRequest,
     parse_range,
 )
-from . import cli
+from . import cli, proxy_option
 
 #: Options that take several values (crds' argparse ``nargs='*'``).
 _MULTI = ("--contexts", "--dataset-files", "--dataset-ids", "--instruments", "--types")
@@ -208,9 +208,7 @@ def print_summary(report: SyncReport, mount: Path | None) -> None:
                                  "or ~/.cache/crds-fs].")
 @click.option("--server", default=None, metavar="URL",
               help="CRDS server [default: the mount's, else $CRDS_SERVER_URL].")
-@click.option("--proxy", default=None, metavar="URL",
-              help="HTTP proxy / site cache for JSON-RPC and downloads (NO_PROXY applies) "
-                   "[default: $CRDS_FS_PROXY, else $HTTP_PROXY/$HTTPS_PROXY].")
+@proxy_option
 @click.option("-j", "--jobs", type=click.IntRange(1, MAX_JOBS), default=DEFAULT_JOBS,
               show_default=True, help="Parallel downloads.")
 @click.option("--processes", type=click.IntRange(1, MAX_JOBS), default=None,
